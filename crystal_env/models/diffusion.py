@@ -1,0 +1,81 @@
+"""Gaussian diffusion (1000 training steps) and DDPM/DDIM samplers respaced to K sampling steps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+SAMPLERS = ("ddim", "ddpm")
+
+
+def cosine_alphas_cumprod(num_steps: int = NUM_TRAIN_TIMESTEPS, s: float = 0.008) -> torch.Tensor:
+    """ᾱ_t of the cosine schedule (Nichol & Dhariwal 2021), β_t clipped at 0.999."""
+    x = torch.linspace(0, num_steps, num_steps + 1, dtype=torch.float64)
+    f = torch.cos(((x / num_steps) + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cumprod(1 - betas, 0)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    kind: str = "ddim"
+    num_steps: int = 50
+    eta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {self.kind!r}; valid: {list(SAMPLERS)}")
+        if not 1 <= self.num_steps <= NUM_TRAIN_TIMESTEPS:
+            raise ValueError(f"num_steps must be in [1, {NUM_TRAIN_TIMESTEPS}], got {self.num_steps}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+
+
+class RespacedSchedule:
+    """The K diffusion timesteps a sampler visits and the coefficients of each transition.
+
+    Step k (0 ≤ k < K) maps z at timestep ``timesteps[k]`` to z at ``timesteps[k+1]`` (or to z_0
+    after the last step). With ᾱ, ᾱ' the cumulative alphas of the two timesteps and ε̂ the
+    predicted noise, x̂_0 = (z − √(1−ᾱ) ε̂)/√ᾱ and
+
+    * DDIM(η): σ = η √((1−ᾱ')/(1−ᾱ)) √(1−ᾱ/ᾱ'), mean = √ᾱ' x̂_0 + √(1−ᾱ'−σ²) ε̂;
+    * DDPM: the posterior q(z' | z, x̂_0) of the respaced chain, which equals DDIM with η = 1.
+
+    The last step has ᾱ' = 1, so σ = 0: it is deterministic.
+    """
+
+    def __init__(self, config: SamplerConfig, alphas_cumprod: torch.Tensor):
+        self.config = config
+        T = alphas_cumprod.numel()
+        self.timesteps = torch.linspace(T - 1, 0, config.num_steps).round().long()
+        ab = alphas_cumprod[self.timesteps]
+        ab_prev = torch.cat([ab[1:], torch.ones(1, dtype=ab.dtype)])
+        eta = 1.0 if config.kind == "ddpm" else config.eta
+        var = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
+        self.sigma = var.clamp_min(0).sqrt().float()
+        self.sqrt_ab = ab.sqrt().float()
+        self.sqrt_1m_ab = (1 - ab).sqrt().float()
+        self.sqrt_ab_prev = ab_prev.sqrt().float()
+        self.dir_coef = (1 - ab_prev - var).clamp_min(0).sqrt().float()
+
+    @property
+    def num_steps(self) -> int:
+        return self.config.num_steps
+
+    def coefficients(self, step: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample coefficients, shaped (B, 1, 1) for broadcasting over atoms and latent dims."""
+        if bool(((step < 0) | (step >= self.num_steps)).any()):
+            raise IndexError(f"sampling step out of range [0, {self.num_steps}): {step.tolist()}")
+        def pick(v: torch.Tensor) -> torch.Tensor:
+            return v.to(step.device)[step].view(-1, 1, 1)
+        return {
+            "t": self.timesteps.to(step.device)[step],
+            "sqrt_ab": pick(self.sqrt_ab),
+            "sqrt_1m_ab": pick(self.sqrt_1m_ab),
+            "sqrt_ab_prev": pick(self.sqrt_ab_prev),
+            "dir_coef": pick(self.dir_coef),
+            "sigma": pick(self.sigma),
+        }

@@ -1,0 +1,35 @@
+"""Small building blocks shared by the VAE and the denoiser."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def periodic_features(frac: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """sin/cos of 2πk·x for k = 1..num_freqs: a translation-periodic encoding of fractional coords."""
+    k = torch.arange(1, num_freqs + 1, device=frac.device, dtype=frac.dtype)
+    angles = 2 * math.pi * frac[..., None] * k  # (..., 3, F)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # (..., 6F)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the atom axis (dim 1) of the real atoms only."""
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def transformer_encoder(d_model: int, num_heads: int, num_layers: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model, num_heads, dim_feedforward=4 * d_model, dropout=dropout, batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)

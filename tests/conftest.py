@@ -1,0 +1,33 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# Keep every test's caches away from the user's home and from each other's sessions.
+os.environ.setdefault("CRYSTAL_ENV_CACHE", tempfile.mkdtemp(prefix="crystal_env_cache_"))
+torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def mp20_train():
+    from crystal_env.data import load_dataset
+
+    return load_dataset("mp20_sample", "train")
+
+
+@pytest.fixture
+def tiny_model():
+    """A randomly initialised, very small VAE + LDM pair (fast; not the bundled model)."""
+    from crystal_env.models.denoiser import DenoiserConfig, DiTDenoiser
+    from crystal_env.models.ldm import CrystalLDM
+    from crystal_env.models.vae import CrystalVAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = CrystalVAE(VAEConfig(latent_dim=4, d_model=32, encoder_layers=1, decoder_layers=1, num_freqs=2))
+    den = DiTDenoiser(DenoiserConfig(latent_dim=4, d_model=32, num_layers=1), max_atoms=8)
+    counts = torch.tensor([0, 1, 2, 3, 2, 1, 1, 0, 1], dtype=torch.float)
+    return CrystalLDM(vae, den, torch.zeros(4), torch.ones(4), counts).eval()

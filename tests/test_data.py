@@ -1,0 +1,149 @@
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crystal_env.data import (
+    DatasetUnavailableError,
+    csv_reader,
+    download_mp20,
+    load_crystal_csv,
+    load_dataset,
+)
+from crystal_env.data.datasets import dataset_path
+
+from .conftest import SHARED_DATA
+
+EMPTY_CIF = """data_empty
+_cell_length_a 3.0
+_cell_length_b 3.0
+_cell_length_c 3.0
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+"""
+
+
+@pytest.fixture
+def messy_csv(tmp_path):
+    good = pd.read_csv(dataset_path("mp20_sample", "train")).iloc[:4].copy()
+    big = good.iloc[0].copy()
+    big["material_id"] = "too-big"
+    rows = [good.iloc[i] for i in range(3)]
+    bad_cif, nan_prop, empty = (good.iloc[3].copy() for _ in range(3))
+    bad_cif["material_id"], bad_cif["cif"] = "bad-cif", "this is not a CIF"
+    nan_prop["material_id"], nan_prop["band_gap"] = "nan-prop", np.nan
+    empty["material_id"], empty["cif"] = "empty", EMPTY_CIF
+    frame = pd.DataFrame([*rows, bad_cif, nan_prop, empty, big])
+    path = tmp_path / "messy.csv"
+    frame.to_csv(path, index=False)
+    return path, frame
+
+
+def test_bad_rows_are_skipped_counted_and_logged(messy_csv, caplog):
+    path, frame = messy_csv
+    with caplog.at_level(logging.WARNING):
+        ds = load_crystal_csv(path, max_atoms=100, use_cache=False)
+    assert [r.material_id for r in ds] == list(frame["material_id"].iloc[:3]) + ["too-big"]
+    assert ds.skipped == {"unparseable_cif": 1, "nan_property": 1, "zero_sites": 1}
+    assert "Skipped 3 bad row" in caplog.text
+    n_big = len(ds[3].structure)
+    small = load_crystal_csv(path, max_atoms=n_big - 1, use_cache=False)
+    assert small.skipped["too_many_atoms"] >= 1
+    assert all(len(r.structure) < n_big for r in small)
+
+
+def test_properties_are_kept_and_structures_niggli_reduced(messy_csv):
+    path, frame = messy_csv
+    ds = load_crystal_csv(path, use_cache=False)
+    rec = ds[0]
+    assert rec.properties["band_gap"] == pytest.approx(frame["band_gap"].iloc[0])
+    assert rec.properties["formation_energy_per_atom"] == pytest.approx(frame["formation_energy_per_atom"].iloc[0])
+    assert "material_id" not in rec.properties and "cif" not in rec.properties
+    reduced = rec.structure.get_reduced_structure()
+    np.testing.assert_allclose(rec.structure.lattice.abc, reduced.lattice.abc, atol=1e-6)
+    assert ds.property_values("band_gap").shape == (len(ds),)
+    with pytest.raises(KeyError, match="band_gap"):
+        ds.property_values("nope")
+
+
+def test_second_load_reads_the_cache_without_parsing_cifs(messy_csv, monkeypatch, tmp_path):
+    path, _ = messy_csv
+    monkeypatch.setenv("CRYSTAL_ENV_CACHE", str(tmp_path / "cache"))
+    first = load_crystal_csv(path)
+
+    def fail(_cif):
+        raise AssertionError("CIF parsed despite a cache hit")
+
+    monkeypatch.setattr(csv_reader, "_parse_cif", fail)
+    second = load_crystal_csv(path)
+    assert [r.material_id for r in second] == [r.material_id for r in first]
+    assert second.skipped == first.skipped
+    assert second[0].structure == first[0].structure
+
+
+def test_missing_file_and_unknown_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        load_crystal_csv(tmp_path / "nowhere.csv")
+    with pytest.raises(ValueError, match="mp20_sample"):
+        load_dataset("no_such_set")
+
+
+def test_bundled_mp20_sample_loads_all_rows():
+    sizes = {s: len(load_dataset("mp20_sample", s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 243, "val": 123, "test": 142}
+
+
+@pytest.mark.parametrize("name,column", [("perov5", "heat_ref"), ("carbon24", "energy_per_atom")])
+def test_other_benchmark_sets_use_the_same_reader(name, column, tmp_path):
+    src = SHARED_DATA / name / "val.csv"
+    if not src.is_file():
+        pytest.skip(f"{src} not present")
+    head = pd.read_csv(src).iloc[:20]
+    head.to_csv(tmp_path / "head.csv", index=False)
+    ds = load_crystal_csv(tmp_path / "head.csv", max_atoms=24, use_cache=False)
+    assert len(ds) + sum(ds.skipped.values()) == 20
+    assert len(ds) >= 15
+    assert column in ds.property_names
+
+
+def _fake_remote(tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for split in ("train", "val", "test"):
+        pd.read_csv(dataset_path("mp20_sample", split)).iloc[:5].to_csv(remote / f"{split}.csv", index=False)
+    return remote
+
+
+def test_download_mp20_from_a_local_source_with_checks(tmp_path, monkeypatch):
+    remote = _fake_remote(tmp_path)
+    target = download_mp20(tmp_path / "data", base_url=remote.as_uri())
+    assert sorted(p.name for p in target.glob("*.csv")) == ["test.csv", "train.csv", "val.csv"]
+    assert (target / "sha256.json").is_file()
+    # second call: nothing fetched (the remote is gone), hashes still verified
+    for f in remote.iterdir():
+        f.unlink()
+    download_mp20(tmp_path / "data", base_url=remote.as_uri())
+    # tampering is detected on load through the manifest
+    (target / "val.csv").write_text((target / "val.csv").read_text() + "\n")
+    monkeypatch.setenv("CRYSTAL_ENV_DATA", str(tmp_path / "d2"))
+    (tmp_path / "d2").mkdir()
+    target.rename(tmp_path / "d2" / "mp_20")
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        load_dataset("mp20", "val")
+    assert len(load_dataset("mp20", "train")) == 5
+
+
+def test_download_mp20_rejects_wrong_hash_and_explains_offline(tmp_path):
+    remote = _fake_remote(tmp_path)
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        download_mp20(tmp_path / "a", base_url=remote.as_uri(), expected_sha256={"train": "0" * 64})
+    with pytest.raises(DatasetUnavailableError, match="copy them into"):
+        download_mp20(tmp_path / "b", base_url=(tmp_path / "missing").as_uri())
+
+
+def test_missing_mp20_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRYSTAL_ENV_DATA", str(tmp_path))
+    with pytest.raises(DatasetUnavailableError, match=str(tmp_path)):
+        load_dataset("mp20", "train")
