@@ -76,9 +76,10 @@ def batch_to_structures(batch: TensorDict) -> list[Structure | None]:
         ):
             out.append(None)
             continue
-        lattice = Lattice.from_parameters(*params)
-        volume = lattice.volume
-        if not math.isfinite(volume) or volume <= 1e-6:
+        with np.errstate(all="ignore"):
+            lattice = Lattice.from_parameters(*params)
+            volume = lattice.volume
+        if not np.isfinite(lattice.matrix).all() or not math.isfinite(volume) or volume <= 1e-6:
             out.append(None)
             continue
         out.append(Structure(lattice, z.tolist(), frac[i][m].numpy()))

@@ -99,6 +99,7 @@ class CrystalLDM(nn.Module):
         c = self.schedule.coefficients(step)
         eps = self.denoiser(z_t, c["t"], mask)
         x0 = ((z_t - c["sqrt_1m_ab"] * eps) / c["sqrt_ab"]).clamp(-self.x0_clip, self.x0_clip)
+        eps = (z_t - c["sqrt_ab"] * x0) / c["sqrt_1m_ab"]  # consistent with the clipped x̂_0
         keep = mask[..., None].to(z_t.dtype)
         mean = (c["sqrt_ab_prev"] * x0 + c["dir_coef"] * eps) * keep
         return mean, c["sigma"].expand_as(mean)

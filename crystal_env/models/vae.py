@@ -11,6 +11,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from crystal_env.crystals.batch import MAX_ATOMIC_NUMBER
+from crystal_env.models.elements import element_descriptors
 from crystal_env.models.layers import masked_mean, periodic_features, transformer_encoder
 
 
@@ -48,14 +49,21 @@ class CrystalVAE(nn.Module):
         super().__init__()
         self.config = cfg = config or VAEConfig()
         d = cfg.d_model
+        # Element table = MLP(fixed chemical descriptors) + a small learned residual. It embeds atom
+        # types in the encoder and scores them in the decoder (tied), so elements that are rare in
+        # the training set borrow from chemically similar ones.
+        self.register_buffer("element_desc", element_descriptors().clone())
+        self.element_mlp = nn.Sequential(nn.Linear(self.element_desc.shape[1], d), nn.SiLU(), nn.Linear(d, d))
         self.atom_embedding = nn.Embedding(MAX_ATOMIC_NUMBER + 1, d)
+        nn.init.normal_(self.atom_embedding.weight, std=0.1)
         self.coord_proj = nn.Linear(6 * cfg.num_freqs, d)
         self.lattice_proj = nn.Linear(6, d)
         self.encoder = transformer_encoder(d, cfg.num_heads, cfg.encoder_layers, cfg.dropout)
         self.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
         self.from_latent = nn.Linear(cfg.latent_dim, d)
         self.decoder = transformer_encoder(d, cfg.num_heads, cfg.decoder_layers, cfg.dropout)
-        self.type_head = nn.Linear(d, MAX_ATOMIC_NUMBER + 1)
+        self.type_head = nn.Linear(d, d)
+        self.type_bias = nn.Parameter(torch.zeros(MAX_ATOMIC_NUMBER + 1))
         self.coord_head = nn.Linear(d, 6)
         self.lattice_head = nn.Sequential(nn.Linear(d + 1, d), nn.SiLU(), nn.Linear(d, 6))
         # Standardisation of lattice features, set from the training set before training.
@@ -65,6 +73,10 @@ class CrystalVAE(nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
+
+    def element_table(self) -> torch.Tensor:
+        """(101, d_model) embedding of every atom type (row 0 is padding)."""
+        return self.element_mlp(self.element_desc) + self.atom_embedding.weight
 
     def set_lattice_statistics(self, batch: TensorDict) -> None:
         feats = lattice_features(batch["lengths"], batch["angles"], batch["num_atoms"])
@@ -77,7 +89,7 @@ class CrystalVAE(nn.Module):
         lat = (lattice_features(batch["lengths"], batch["angles"], batch["num_atoms"]) - self.lattice_mean)
         lat = lat / self.lattice_std
         tokens = (
-            self.atom_embedding(batch["atom_types"])
+            F.embedding(batch["atom_types"], self.element_table())
             + self.coord_proj(periodic_features(batch["frac_coords"], self.config.num_freqs))
             + self.lattice_proj(lat)[:, None, :]
         )
@@ -91,7 +103,7 @@ class CrystalVAE(nn.Module):
         pooled = masked_mean(h, mask)
         log_n = torch.log(mask.sum(1, keepdim=True).to(h.dtype).clamp_min(1.0))
         return {
-            "type_logits": self.type_head(h),
+            "type_logits": self.type_head(h) @ self.element_table().T + self.type_bias,
             "coord_cs": self.coord_head(h).view(*h.shape[:2], 3, 2),
             "lattice": self.lattice_head(torch.cat([pooled, log_n], dim=-1)),
         }

@@ -31,6 +31,7 @@ class LoopConfig:
     checkpoint_every: int = 50
     seed: int = 0
     progress: bool = True
+    keep_best: bool = True  # end with the weights of the lowest validation loss
 
 
 def rng_state() -> dict:
@@ -67,12 +68,13 @@ def train_loop(
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history = 0, []
+    best: dict = {"loss": math.inf, "state": None}
     if resume and checkpoint_path.is_file():
         ckpt = torch.load(checkpoint_path, weights_only=False)
         module.load_state_dict(ckpt["module"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
-        start_epoch, history = ckpt["epoch"], ckpt["history"]
+        start_epoch, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
         log.info("Resumed from %s at epoch %d", checkpoint_path, start_epoch)
     elif resume:
         raise FileNotFoundError(f"Cannot resume: no training checkpoint at {checkpoint_path}")
@@ -85,6 +87,7 @@ def train_loop(
                 "epoch": epoch,
                 "rng": rng_state(),
                 "history": history,
+                "best": best,
             },
             checkpoint_path,
         )
@@ -111,10 +114,16 @@ def train_loop(
             module.eval()
             with torch.no_grad():
                 record.update({f"val/{k}": v.item() for k, v in loss_fn(val_data).items()})
+            if record["val/loss"] < best["loss"]:
+                best = {"loss": record["val/loss"], "epoch": epoch + 1,
+                        "state": {k: v.detach().clone() for k, v in module.state_dict().items()}}
         history.append(record)
         bar.set_postfix(loss=f"{sums.get('loss', float('nan')):.4f}", val=f"{record.get('val/loss', float('nan')):.4f}")
         if (epoch + 1) % cfg.checkpoint_every == 0:
             save(epoch + 1)
     save(cfg.epochs)
+    if cfg.keep_best and best["state"] is not None:
+        module.load_state_dict(best["state"])
+        log.info("Kept the weights of epoch %d (lowest validation loss %.4f)", best["epoch"], best["loss"])
     module.eval()
     return history

@@ -1,0 +1,39 @@
+"""What the environment needs from a reward: structures in, per-crystal scores out.
+
+Any callable ``reward_fn(structures) -> Tensor (B,) | Mapping`` works. ``structures`` holds
+pymatgen ``Structure`` objects, with ``None`` for crystals that could not be decoded (or whose
+trajectory was corrupted); the reward must give those its defined penalty. A mapping result must
+have a ``"total"`` entry; its other entries named in ``reward_fn.component_names`` are reported
+per component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from pymatgen.core import Structure
+
+RewardFn = Callable[[Sequence[Structure | None]], torch.Tensor | Mapping[str, torch.Tensor]]
+
+
+def component_names(reward_fn: RewardFn) -> list[str]:
+    return list(getattr(reward_fn, "component_names", []) or [])
+
+
+def evaluate_reward(
+    reward_fn: RewardFn, structures: Sequence[Structure | None]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total (B,) float32 reward and the named components, with any NaN replaced by the minimum."""
+    out = reward_fn(structures)
+    n = len(structures)
+    if isinstance(out, Mapping) or hasattr(out, "keys"):
+        total = torch.as_tensor(out["total"], dtype=torch.float32).reshape(n)
+        comps = {k: torch.as_tensor(out[k], dtype=torch.float32).reshape(n) for k in component_names(reward_fn)}
+    else:
+        total, comps = torch.as_tensor(out, dtype=torch.float32).reshape(n), {}
+    if not torch.isfinite(total).all():
+        finite = total[torch.isfinite(total)]
+        floor = finite.min() if finite.numel() else torch.tensor(0.0)
+        total = torch.where(torch.isfinite(total), total, floor)
+    return total, comps

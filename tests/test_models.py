@@ -1,0 +1,147 @@
+import math
+
+import pytest
+import torch
+
+from crystal_env import load_model
+from crystal_env.crystals import structures_to_batch
+from crystal_env.models.diffusion import NUM_TRAIN_TIMESTEPS, SamplerConfig, cosine_alphas_cumprod
+from crystal_env.models.registry import registered_model_names
+
+
+def test_vae_shapes_loss_and_decode(tiny_model, mp20_train):
+    structures = [s for s in mp20_train.structures if len(s) <= 8][:6]
+    batch = structures_to_batch(structures, 8)
+    vae = tiny_model.vae.requires_grad_(True)  # frozen inside CrystalLDM; trainable on its own
+    mu, logvar = vae.encode(batch)
+    assert mu.shape == logvar.shape == (6, 8, 4)
+    assert not mu[~batch["mask"]].any()
+    vae.train()
+    losses = vae.loss(batch)
+    assert set(losses) == {"loss", "type_ce", "coord", "lattice", "kl"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    vae.eval()
+    out = vae.decode(mu, batch["mask"])
+    assert out["atom_types"].shape == (6, 8)
+    assert (out["atom_types"][batch["mask"]] >= 1).all() and not out["atom_types"][~batch["mask"]].any()
+    assert ((out["frac_coords"] >= 0) & (out["frac_coords"] < 1)).all()
+
+
+def test_padding_never_influences_real_atoms(tiny_model, mp20_train):
+    structures = [s for s in mp20_train.structures if len(s) <= 6][:4]
+    batch = structures_to_batch(structures, 8)
+    garbage = batch.clone()
+    pad = ~batch["mask"]
+    garbage["atom_types"][pad] = 26
+    garbage["frac_coords"][pad] = 0.37
+    mu, _ = tiny_model.vae.encode(batch)
+    mu2, _ = tiny_model.vae.encode(garbage)
+    torch.testing.assert_close(mu[batch["mask"]], mu2[batch["mask"]])
+    # denoiser: junk in padded latent rows leaves real rows unchanged
+    z, mask = tiny_model.prior(batch["num_atoms"], torch.Generator().manual_seed(0))
+    z2 = z.clone()
+    z2[~mask] = 3.0
+    t = torch.full((4,), 500)
+    torch.testing.assert_close(tiny_model.denoiser(z, t, mask)[mask], tiny_model.denoiser(z2, t, mask)[mask])
+    # VAE decoder: same invariance
+    d1 = tiny_model.vae.decode_logits(z, mask)
+    d2 = tiny_model.vae.decode_logits(z2, mask)
+    torch.testing.assert_close(d1["coord_cs"][mask], d2["coord_cs"][mask])
+    torch.testing.assert_close(d1["lattice"], d2["lattice"])
+
+
+def test_prior_shapes_and_range(tiny_model):
+    z, mask = tiny_model.prior(torch.tensor([1, 3, 8]))
+    assert z.shape == (3, 8, 4) and mask.sum(1).tolist() == [1, 3, 8]
+    assert not z[~mask].any()
+    with pytest.raises(ValueError, match=r"\[1, 8\]"):
+        tiny_model.prior(torch.tensor([9]))
+    with pytest.raises(ValueError):
+        tiny_model.prior(torch.tensor([0]))
+
+
+def test_ddim_eta1_transition_is_the_ddpm_posterior(tiny_model):
+    """With K = 1000 steps, DDIM(η=1) must equal the textbook DDPM posterior q(z_{t-1}|z_t, x̂_0)."""
+    model = tiny_model
+    model.configure_sampler("ddim", NUM_TRAIN_TIMESTEPS, 1.0)
+    ab = cosine_alphas_cumprod().float()
+    betas = 1 - ab / torch.cat([torch.ones(1), ab[:-1]])
+    z, mask = model.prior(torch.tensor([3, 5]), torch.Generator().manual_seed(1))
+    for k in (0, 300, 998):
+        t = NUM_TRAIN_TIMESTEPS - 1 - k
+        mean, std = model.transition(z, k, mask)
+        eps = model.denoiser(z, torch.full((2,), t), mask)
+        x0 = ((z - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(-model.x0_clip, model.x0_clip)
+        coef1 = betas[t] * ab[t - 1].sqrt() / (1 - ab[t])
+        coef2 = (1 - ab[t - 1]) * (1 - betas[t]).sqrt() / (1 - ab[t])
+        var = betas[t] * (1 - ab[t - 1]) / (1 - ab[t])
+        torch.testing.assert_close(mean, (coef1 * x0 + coef2 * z) * mask[..., None], rtol=2e-3, atol=2e-4)
+        torch.testing.assert_close(std[mask], var.sqrt().expand_as(std[mask]), rtol=1e-3, atol=1e-6)
+
+
+def test_transition_log_prob_matches_gaussian_density_and_has_gradients(tiny_model):
+    model = tiny_model
+    model.configure_sampler("ddim", 10, 1.0)
+    z, mask = model.prior(torch.tensor([2, 4]), torch.Generator().manual_seed(2))
+    mean, std = model.transition(z, 3, mask)
+    x = mean + std * torch.randn_like(mean)
+    dist = torch.distributions.Normal(mean[mask], std[mask])
+    direct = (-0.5 * ((x[mask] - mean[mask]) / std[mask]) ** 2 - std[mask].log() - 0.5 * math.log(2 * math.pi))
+    torch.testing.assert_close(dist.log_prob(x[mask]), direct)
+    dist.log_prob(x[mask].detach()).sum().backward()
+    grads = [p.grad for p in model.denoiser.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in model.vae.parameters())
+
+
+def test_last_ddim_step_is_deterministic_and_eta0_everywhere(tiny_model):
+    tiny_model.configure_sampler("ddim", 5, 1.0)
+    z, mask = tiny_model.prior(torch.tensor([3]))
+    assert tiny_model.transition(z, 4, mask)[1].abs().max() == 0
+    assert tiny_model.transition(z, 0, mask)[1].min() > 0
+    tiny_model.configure_sampler("ddim", 5, 0.0)
+    assert all(tiny_model.transition(z, k, mask)[1].abs().max() == 0 for k in range(5))
+    with pytest.raises(IndexError):
+        tiny_model.transition(z, 5, mask)
+    with pytest.raises(ValueError, match="ddim"):
+        SamplerConfig(kind="euler")
+
+
+def test_sampler_is_deterministic_under_a_seed(tiny_model):
+    tiny_model.configure_sampler("ddpm", 8)
+    a = tiny_model.sample(4, generator=torch.Generator().manual_seed(5))
+    b = tiny_model.sample(4, generator=torch.Generator().manual_seed(5))
+    c = tiny_model.sample(4, generator=torch.Generator().manual_seed(6))
+    assert [s.as_dict() for s in a] == [s.as_dict() for s in b]
+    assert [s.as_dict() for s in a] != [s.as_dict() for s in c]
+
+
+def test_save_load_round_trip(tiny_model, tmp_path):
+    tiny_model.configure_sampler("ddim", 7, 0.5)
+    tiny_model.save(tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.sampler == tiny_model.sampler
+    z, mask = tiny_model.prior(torch.tensor([2, 3]))
+    for a, b in zip(tiny_model.transition(z, 1, mask), loaded.transition(z, 1, mask), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ValueError) as err:
+        load_model("no_such_model")
+    for name in registered_model_names():
+        assert name in str(err.value)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing.pt")):
+        load_model(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        load_model(tmp_path)
+
+
+def test_bundled_model_samples_decodable_crystals():
+    model = load_model("mp20_tiny")
+    model.configure_sampler("ddim", 20, 1.0)
+    structures = model.sample(8, generator=torch.Generator().manual_seed(0))
+    assert len(structures) == 8
+    assert all(s is not None and len(s) >= 1 for s in structures)
+    assert all(math.isfinite(s.volume) and s.volume > 0 for s in structures)
