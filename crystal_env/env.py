@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pymatgen.core import Structure
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
 from torchrl.data import Binary, Bounded, Categorical, Composite, NonTensor, Unbounded
 from torchrl.envs import EnvBase
@@ -19,7 +20,8 @@ class CrystalDiffusionEnv(EnvBase):
     ``failed`` (B, 1) crystals whose trajectory was corrupted by a non-finite action.
     Action: ``action`` = the next latent (B, N, L). Reward: 0 until the K-th step, then the reward
     callable's total; per-component values under ``("reward_components", name)`` and the decoded
-    crystals as CIF strings under ``"crystals"`` ("" when undecodable or before the end).
+    crystals as pymatgen ``Structure`` objects under ``"crystals"`` (None when undecodable or
+    before the end; ``structure.to(fmt="cif")`` gives the CIF).
 
     Members of a group (``group_size`` consecutive crystals) share their number of atoms, so
     group-relative advantages compare like with like.
@@ -81,12 +83,16 @@ class CrystalDiffusionEnv(EnvBase):
 
     # ---- episode logic -------------------------------------------------------------------------------
     def _set_seed(self, seed: int | None) -> None:
-        self.rng.manual_seed(int(seed) if seed is not None else 0)
+        """Seed the env's generator (z_T, numbers of atoms) and torch's global RNG, which the
+        policy's sampling noise draws from, so a seed fixes the whole trajectory."""
+        seed = int(seed) if seed is not None else 0
+        self.rng.manual_seed(seed)
+        torch.manual_seed(seed)
 
     def _observation(
         self, z: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, group_id: torch.Tensor,
         failed: torch.Tensor, components: dict[str, torch.Tensor] | None = None,
-        crystals: list[str] | None = None,
+        crystals: list[Structure | None] | None = None,
     ) -> TensorDict:
         B = z.shape[0]
         timesteps = self.model.schedule.timesteps
@@ -102,13 +108,15 @@ class CrystalDiffusionEnv(EnvBase):
                 "num_atoms": mask.sum(1, keepdim=True),
                 "failed": failed,
                 "reward_components": TensorDict({k: v.reshape(B, 1) for k, v in comps.items()}, [B]),
-                "crystals": NonTensorStack(*(crystals or [""] * B)),
+                "crystals": NonTensorStack(*(crystals or [None] * B)),
             },
             batch_size=[B],
             device=self.device,
         )
 
-    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+    def _reset(self, tensordict: TensorDictBase | None = None, seed: int | None = None, **kwargs) -> TensorDictBase:
+        if seed is not None:
+            self.set_seed(seed)
         B, G = self.batch_size[0], self.group_size
         n_groups = B // G
         num_atoms_groups = self.model.sample_num_atoms(n_groups, self.rng).clamp(1, self.max_atoms)
@@ -148,17 +156,8 @@ class CrystalDiffusionEnv(EnvBase):
 
     def _score(
         self, z0: torch.Tensor, mask: torch.Tensor, failed: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Structure | None]]:
         structures = self.model.decode_structures(z0, mask)
         structures = [None if bad else s for s, bad in zip(structures, failed.tolist(), strict=True)]
         total, comps = evaluate_reward(self.reward_fn, structures)
-        cifs = ["" if s is None else s.to(fmt="cif") for s in structures]
-        return total.reshape(-1, 1), comps, cifs
-
-    def decoded_structures(self, tensordict: TensorDictBase) -> list:
-        """pymatgen structures from the ``crystals`` CIFs of a final-step tensordict (None if empty)."""
-        from pymatgen.core import Structure
-
-        cifs = tensordict["crystals"]
-        cifs = cifs.tolist() if hasattr(cifs, "tolist") else list(cifs)
-        return [Structure.from_str(c, fmt="cif") if c else None for c in cifs]
+        return total.reshape(-1, 1), comps, structures

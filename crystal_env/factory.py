@@ -1,0 +1,58 @@
+"""``make_env``: build a :class:`CrystalDiffusionEnv` from the env and reward config groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crystal_env.config import load_config
+from crystal_env.env import CrystalDiffusionEnv
+from crystal_env.models.registry import load_model
+from crystal_env.reward_protocol import RewardFn
+
+ENV_KEYS = {"name", "model", "sampler", "num_steps", "eta", "max_atoms", "batch_size", "group_size"}
+
+
+def build_reward_fn(reward: str | dict | RewardFn) -> RewardFn:
+    """A reward config name/dict through ``rewards.build_reward``, or a callable as it is."""
+    if callable(reward):
+        return reward
+    from rewards import build_reward  # rewards is a separate package; the env depends on it only here
+
+    return build_reward(reward)
+
+
+def make_env(
+    env: str = "ldm_mp20",
+    reward: str | dict | RewardFn = "dng",
+    batch_size: int | None = None,
+    group_size: int | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+    **overrides: Any,
+) -> CrystalDiffusionEnv:
+    """Build the environment ``configs/env/<env>.yaml`` with reward ``configs/reward/<reward>.yaml``.
+
+    ``overrides`` replace keys of the env config (``model``, ``sampler``, ``num_steps``, ``eta``,
+    ``max_atoms``); ``reward`` may also be any callable ``structures -> scores``.
+    """
+    cfg = load_config("env", env)
+    unknown = set(overrides) - ENV_KEYS
+    if unknown:
+        raise ValueError(f"Unknown env option(s) {sorted(unknown)}; valid: {sorted(ENV_KEYS - {'name'})}")
+    cfg.update(overrides)
+    if batch_size is not None:
+        cfg["batch_size"] = batch_size
+    if group_size is not None:
+        cfg["group_size"] = group_size
+    return CrystalDiffusionEnv(
+        load_model(cfg["model"], device=device),
+        build_reward_fn(reward),
+        batch_size=cfg["batch_size"],
+        group_size=cfg["group_size"],
+        sampler=cfg["sampler"],
+        num_steps=cfg["num_steps"],
+        eta=cfg["eta"],
+        max_atoms=cfg["max_atoms"],
+        seed=seed,
+        device=device,
+    )
