@@ -52,10 +52,14 @@ class CrystalDiffusionEnv(EnvBase):
         self.num_steps = num_steps
         self.max_atoms = max_atoms if max_atoms is not None else model.max_atoms
         if not 1 <= self.max_atoms <= model.max_atoms:
-            raise ValueError(f"max_atoms must be in [1, {model.max_atoms}] for this model, got {self.max_atoms}")
+            raise ValueError(
+                f"max_atoms must be in [1, {model.max_atoms}] for this model, got {self.max_atoms}"
+            )
         self.component_names = component_names(reward_fn)
         self.rng = torch.Generator()
-        self.rng.manual_seed(int(seed) if seed is not None else int(torch.empty((), dtype=torch.int64).random_()))
+        self.rng.manual_seed(
+            int(seed) if seed is not None else int(torch.empty((), dtype=torch.int64).random_())
+        )
         self.num_invalid_actions = 0
         self._make_specs()
 
@@ -90,8 +94,13 @@ class CrystalDiffusionEnv(EnvBase):
         torch.manual_seed(seed)
 
     def _observation(
-        self, z: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, group_id: torch.Tensor,
-        failed: torch.Tensor, components: dict[str, torch.Tensor] | None = None,
+        self,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        step: torch.Tensor,
+        group_id: torch.Tensor,
+        failed: torch.Tensor,
+        components: dict[str, torch.Tensor] | None = None,
         crystals: list[Structure | None] | None = None,
     ) -> TensorDict:
         B = z.shape[0]
@@ -114,7 +123,9 @@ class CrystalDiffusionEnv(EnvBase):
             device=self.device,
         )
 
-    def _reset(self, tensordict: TensorDictBase | None = None, seed: int | None = None, **kwargs) -> TensorDictBase:
+    def _reset(
+        self, tensordict: TensorDictBase | None = None, seed: int | None = None, **kwargs
+    ) -> TensorDictBase:
         if seed is not None:
             self.set_seed(seed)
         B, G = self.batch_size[0], self.group_size
@@ -130,7 +141,9 @@ class CrystalDiffusionEnv(EnvBase):
         action = tensordict["action"]
         z, mask = tensordict["latent"], tensordict["mask"]
         if action.shape != z.shape:
-            raise ValueError(f"action must have shape {tuple(z.shape)} (batch, atoms, latent_dim), got {tuple(action.shape)}")
+            raise ValueError(
+                f"action must have shape {tuple(z.shape)} (batch, atoms, latent_dim), got {tuple(action.shape)}"
+            )
         step = tensordict["step_index"]
         if bool((step >= self.num_steps).any()):
             raise RuntimeError("The episode is finished (step_index == num_steps); call reset() first")

@@ -96,7 +96,9 @@ def make_policy(model: CrystalLDM, reduction: str = "mean", trainable: bool = Tr
     model.vae.requires_grad_(False)
     model.denoiser.requires_grad_(trainable)
     module = TensorDictModule(
-        TransitionModule(model), in_keys=["latent", "mask", "step_index"], out_keys=["loc", "scale", "stochastic"]
+        TransitionModule(model),
+        in_keys=["latent", "mask", "step_index"],
+        out_keys=["loc", "scale", "stochastic"],
     )
     return ProbabilisticActor(
         module,

@@ -29,7 +29,9 @@ def evaluate_reward(
     n = len(structures)
     if isinstance(out, Mapping) or hasattr(out, "keys"):
         total = torch.as_tensor(out["total"], dtype=torch.float32).reshape(n)
-        comps = {k: torch.as_tensor(out[k], dtype=torch.float32).reshape(n) for k in component_names(reward_fn)}
+        comps = {
+            k: torch.as_tensor(out[k], dtype=torch.float32).reshape(n) for k in component_names(reward_fn)
+        }
     else:
         total, comps = torch.as_tensor(out, dtype=torch.float32).reshape(n), {}
     if not torch.isfinite(total).all():

@@ -47,18 +47,29 @@ def summarize(structures: Sequence[Structure | None]) -> pd.DataFrame:
     for i, s in enumerate(structures):
         problem = structure_problem(s)
         if s is None:
-            rows.append({"index": i, "formula": "", "num_atoms": 0, "volume": float("nan"),
-                         "density": float("nan"), "space_group": "", "problem": problem})
+            rows.append(
+                {
+                    "index": i,
+                    "formula": "",
+                    "num_atoms": 0,
+                    "volume": float("nan"),
+                    "density": float("nan"),
+                    "space_group": "",
+                    "problem": problem,
+                }
+            )
             continue
-        rows.append({
-            "index": i,
-            "formula": s.composition.reduced_formula,
-            "num_atoms": len(s),
-            "volume": s.volume,
-            "density": s.density if s.volume > 0 else float("nan"),
-            "space_group": _space_group(s) if problem is None else "",
-            "problem": problem or "",
-        })
+        rows.append(
+            {
+                "index": i,
+                "formula": s.composition.reduced_formula,
+                "num_atoms": len(s),
+                "volume": s.volume,
+                "density": s.density if s.volume > 0 else float("nan"),
+                "space_group": _space_group(s) if problem is None else "",
+                "problem": problem or "",
+            }
+        )
     return pd.DataFrame(rows)
 
 

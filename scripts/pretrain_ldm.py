@@ -10,8 +10,14 @@ from crystal_env.training.pretrain import pretrain_ldm
 def main(cfg: DictConfig) -> None:
     c = OmegaConf.to_container(cfg, resolve=True)
     path = pretrain_ldm(
-        c["dataset"], c["max_atoms"], hydra.utils.to_absolute_path(c["vae_checkpoint"]), c["denoiser"],
-        c["sampler"], c["loop"], hydra.utils.to_absolute_path(c["out_dir"]), resume=c["resume"],
+        c["dataset"],
+        c["max_atoms"],
+        hydra.utils.to_absolute_path(c["vae_checkpoint"]),
+        c["denoiser"],
+        c["sampler"],
+        c["loop"],
+        hydra.utils.to_absolute_path(c["out_dir"]),
+        resume=c["resume"],
     )
     print(f"LDM checkpoint (VAE + denoiser): {path}")
 

@@ -9,8 +9,14 @@ from crystal_env.training.pretrain import pretrain_vae
 @hydra.main(config_path="../configs/pretrain", config_name="vae", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     c = OmegaConf.to_container(cfg, resolve=True)
-    path = pretrain_vae(c["dataset"], c["max_atoms"], c["vae"], c["loop"], hydra.utils.to_absolute_path(c["out_dir"]),
-                        resume=c["resume"])
+    path = pretrain_vae(
+        c["dataset"],
+        c["max_atoms"],
+        c["vae"],
+        c["loop"],
+        hydra.utils.to_absolute_path(c["out_dir"]),
+        resume=c["resume"],
+    )
     print(f"VAE checkpoint: {path}")
 
 

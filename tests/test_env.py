@@ -66,7 +66,9 @@ def test_seed_reproduces_trajectories(tiny_model):
     env.set_seed(7)
     b = env.rollout(10, policy)
     torch.testing.assert_close(a["latent"][:, 0], b["latent"][:, 0])
-    assert [s.as_dict() for s in a[:, -1]["next", "crystals"]] == [s.as_dict() for s in b[:, -1]["next", "crystals"]]
+    assert [s.as_dict() for s in a[:, -1]["next", "crystals"]] == [
+        s.as_dict() for s in b[:, -1]["next", "crystals"]
+    ]
     env.set_seed(8)
     c = env.rollout(10, policy)
     assert not torch.equal(a["latent"][:, 0], c["latent"][:, 0])
@@ -106,10 +108,14 @@ def test_policy_log_prob_reduction_and_deterministic_steps(tiny_model):
     td = policy(env.reset())
     dist = LatentGaussian(td["loc"], td["scale"], td["mask"], reduction="sum")
     real = td["mask"][..., None].expand_as(td["loc"])
-    manual = torch.stack([
-        torch.distributions.Normal(td["loc"][i][real[i]], td["scale"][i][real[i]]).log_prob(td["action"][i][real[i]]).sum()
-        for i in range(4)
-    ])
+    manual = torch.stack(
+        [
+            torch.distributions.Normal(td["loc"][i][real[i]], td["scale"][i][real[i]])
+            .log_prob(td["action"][i][real[i]])
+            .sum()
+            for i in range(4)
+        ]
+    )
     torch.testing.assert_close(td["action_log_prob"], manual)
     mean_dist = LatentGaussian(td["loc"], td["scale"], td["mask"], reduction="mean")
     torch.testing.assert_close(mean_dist.log_prob(td["action"]), manual / real.flatten(1).sum(1))
@@ -139,8 +145,13 @@ def test_only_the_denoiser_trains_and_reference_is_frozen(tiny_model):
 
 def test_collector_yields_whole_trajectories(tiny_model):
     env = make_tiny_env(tiny_model)
-    collector = Collector(env, make_policy(tiny_model), frames_per_batch=4 * 5, total_frames=40,
-                          auto_register_policy_transforms=False)
+    collector = Collector(
+        env,
+        make_policy(tiny_model),
+        frames_per_batch=4 * 5,
+        total_frames=40,
+        auto_register_policy_transforms=False,
+    )
     batches = list(collector)
     collector.shutdown()
     assert len(batches) == 2
@@ -151,15 +162,21 @@ def test_collector_yields_whole_trajectories(tiny_model):
 
 
 def _env_factory(model_path):
-    return CrystalDiffusionEnv(crystal_env.load_model(model_path), density_reward, batch_size=2, group_size=2,
-                               num_steps=3, seed=0)
+    return CrystalDiffusionEnv(
+        crystal_env.load_model(model_path), density_reward, batch_size=2, group_size=2, num_steps=3, seed=0
+    )
 
 
 def test_multisync_collector_with_two_workers(tiny_model, tmp_path):
     tiny_model.save(tmp_path / "m.pt")
     create = functools.partial(_env_factory, str(tmp_path / "m.pt"))
-    collector = MultiSyncCollector([create, create], make_policy(crystal_env.load_model(tmp_path / "m.pt")),
-                                   frames_per_batch=2 * 2 * 3, total_frames=24, cat_results="stack")
+    collector = MultiSyncCollector(
+        [create, create],
+        make_policy(crystal_env.load_model(tmp_path / "m.pt")),
+        frames_per_batch=2 * 2 * 3,
+        total_frames=24,
+        cat_results="stack",
+    )
     batches = list(collector)
     collector.shutdown()
     assert len(batches) == 2

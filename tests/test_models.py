@@ -87,7 +87,7 @@ def test_transition_log_prob_matches_gaussian_density_and_has_gradients(tiny_mod
     mean, std = model.transition(z, 3, mask)
     x = mean + std * torch.randn_like(mean)
     dist = torch.distributions.Normal(mean[mask], std[mask])
-    direct = (-0.5 * ((x[mask] - mean[mask]) / std[mask]) ** 2 - std[mask].log() - 0.5 * math.log(2 * math.pi))
+    direct = -0.5 * ((x[mask] - mean[mask]) / std[mask]) ** 2 - std[mask].log() - 0.5 * math.log(2 * math.pi)
     torch.testing.assert_close(dist.log_prob(x[mask]), direct)
     dist.log_prob(x[mask].detach()).sum().backward()
     grads = [p.grad for p in model.denoiser.parameters() if p.grad is not None]

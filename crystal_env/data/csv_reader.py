@@ -160,7 +160,9 @@ def load_crystal_csv(
         frame = pd.read_csv(path, keep_default_na=True)
         missing = {"material_id", "cif"} - set(frame.columns)
         if missing:
-            raise ValueError(f"{path} lacks required column(s) {sorted(missing)}; found {list(frame.columns)}")
+            raise ValueError(
+                f"{path} lacks required column(s) {sorted(missing)}; found {list(frame.columns)}"
+            )
         props = list(properties) if properties is not None else _detect_property_columns(frame)
         unknown = [p for p in props if p not in frame.columns]
         if unknown:

@@ -69,8 +69,10 @@ class RespacedSchedule:
         """Per-sample coefficients, shaped (B, 1, 1) for broadcasting over atoms and latent dims."""
         if bool(((step < 0) | (step >= self.num_steps)).any()):
             raise IndexError(f"sampling step out of range [0, {self.num_steps}): {step.tolist()}")
+
         def pick(v: torch.Tensor) -> torch.Tensor:
             return v.to(step.device)[step].view(-1, 1, 1)
+
         return {
             "t": self.timesteps.to(step.device)[step],
             "sqrt_ab": pick(self.sqrt_ab),

@@ -33,11 +33,17 @@ def element_descriptors() -> torch.Tensor:
         for z in range(1, MAX_ATOMIC_NUMBER + 1):
             el = Element.from_Z(z)
             block = ["s", "p", "d", "f"]
-            rows.append([
-                _value(el.row), _value(el.group), _value(el.X), _value(el.atomic_radius),
-                _value(el.mendeleev_no), _value(el.atomic_mass),
-                *[1.0 if el.block == b else 0.0 for b in block],
-            ])
+            rows.append(
+                [
+                    _value(el.row),
+                    _value(el.group),
+                    _value(el.X),
+                    _value(el.atomic_radius),
+                    _value(el.mendeleev_no),
+                    _value(el.atomic_mass),
+                    *[1.0 if el.block == b else 0.0 for b in block],
+                ]
+            )
     table = torch.tensor(rows, dtype=torch.float32)
     numeric = table[:, :6]
     mean = torch.nanmean(numeric, dim=0)

@@ -86,7 +86,7 @@ class CrystalVAE(nn.Module):
     def encode(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom latent mean and log-variance, each (B, N, latent_dim); padding rows are zero."""
         mask = batch["mask"]
-        lat = (lattice_features(batch["lengths"], batch["angles"], batch["num_atoms"]) - self.lattice_mean)
+        lat = lattice_features(batch["lengths"], batch["angles"], batch["num_atoms"]) - self.lattice_mean
         lat = lat / self.lattice_std
         tokens = (
             F.embedding(batch["atom_types"], self.element_table())

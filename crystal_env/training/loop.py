@@ -115,10 +115,15 @@ def train_loop(
             with torch.no_grad():
                 record.update({f"val/{k}": v.item() for k, v in loss_fn(val_data).items()})
             if record["val/loss"] < best["loss"]:
-                best = {"loss": record["val/loss"], "epoch": epoch + 1,
-                        "state": {k: v.detach().clone() for k, v in module.state_dict().items()}}
+                best = {
+                    "loss": record["val/loss"],
+                    "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in module.state_dict().items()},
+                }
         history.append(record)
-        bar.set_postfix(loss=f"{sums.get('loss', float('nan')):.4f}", val=f"{record.get('val/loss', float('nan')):.4f}")
+        bar.set_postfix(
+            loss=f"{sums.get('loss', float('nan')):.4f}", val=f"{record.get('val/loss', float('nan')):.4f}"
+        )
         if (epoch + 1) % cfg.checkpoint_every == 0:
             save(epoch + 1)
     save(cfg.epochs)

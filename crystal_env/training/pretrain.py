@@ -28,7 +28,11 @@ def _dataset_batch(name: str, split: str, max_atoms: int) -> TensorDict:
 
 
 def pretrain_vae(
-    dataset: str, max_atoms: int, vae: dict[str, Any], loop: dict[str, Any], out_dir: str | Path,
+    dataset: str,
+    max_atoms: int,
+    vae: dict[str, Any],
+    loop: dict[str, Any],
+    out_dir: str | Path,
     resume: bool = False,
 ) -> Path:
     """Train a :class:`CrystalVAE` on ``dataset``'s train split; write ``out_dir/vae.pt``."""
@@ -47,8 +51,12 @@ def pretrain_vae(
             "format": VAE_FORMAT,
             "vae_config": asdict(model.config),
             "vae_state": model.state_dict(),
-            "meta": {"dataset": dataset, "max_atoms": max_atoms, "history": history,
-                     "seconds": time.perf_counter() - start},
+            "meta": {
+                "dataset": dataset,
+                "max_atoms": max_atoms,
+                "history": history,
+                "seconds": time.perf_counter() - start,
+            },
         },
         out / "vae.pt",
     )
@@ -63,8 +71,14 @@ def encode_dataset(vae: CrystalVAE, batch: TensorDict) -> torch.Tensor:
 
 
 def pretrain_ldm(
-    dataset: str, max_atoms: int, vae_checkpoint: str | Path, denoiser: dict[str, Any],
-    sampler: dict[str, Any], loop: dict[str, Any], out_dir: str | Path, resume: bool = False,
+    dataset: str,
+    max_atoms: int,
+    vae_checkpoint: str | Path,
+    denoiser: dict[str, Any],
+    sampler: dict[str, Any],
+    loop: dict[str, Any],
+    out_dir: str | Path,
+    resume: bool = False,
 ) -> Path:
     """Train the denoiser on the VAE latents of ``dataset``; write the full pair to ``out_dir/ldm.pt``."""
     out = Path(out_dir)
@@ -96,11 +110,21 @@ def pretrain_ldm(
 
     start = time.perf_counter()
     history = train_loop(
-        model, list(model.denoiser.parameters()), loss_fn, latents(train), latents(val), loop_cfg,
-        out / "ldm_train_state.pt", resume,
+        model,
+        list(model.denoiser.parameters()),
+        loss_fn,
+        latents(train),
+        latents(val),
+        loop_cfg,
+        out / "ldm_train_state.pt",
+        resume,
     )
-    meta = {"dataset": dataset, "vae_checkpoint": str(vae_path), "history": history,
-            "seconds": time.perf_counter() - start}
+    meta = {
+        "dataset": dataset,
+        "vae_checkpoint": str(vae_path),
+        "history": history,
+        "seconds": time.perf_counter() - start,
+    }
     model.save(out / "ldm.pt", meta=meta)
     log.info("LDM (with its VAE) written to %s", out / "ldm.pt")
     return out / "ldm.pt"
