@@ -1,7 +1,7 @@
 """Env overhead: a TorchRL Collector rollout vs a bare loop of ``transition`` + sampling, same work.
 
-``python benchmarks/bench_env.py [--crystals 64 --steps 50 --repeats 3]``. Each variant runs in a
-fresh process (so peak RSS is its own); the reward is a no-op so only the env/collector plumbing
+``python benchmarks/bench_env.py [--crystals 64 --steps 50 --repeats 3]``. Each run is a fresh
+process (so peak RSS is its own) and the two variants alternate; the reward is a no-op so only the env/collector plumbing
 and the denoiser are timed. Prints the time ratio collector / bare loop (target ≤ 1.15).
 """
 
@@ -62,18 +62,18 @@ def _collector(crystals: int, steps: int, seed: int) -> float:
     return elapsed
 
 
-def _run(name: str, crystals: int, steps: int, repeats: int, queue: mp.Queue) -> None:
+def _run(name: str, crystals: int, steps: int, seed: int, queue: mp.Queue) -> None:
     torch.set_num_threads(2)
     fn = {"bare": _bare_loop, "collector": _collector}[name]
-    fn(crystals, 2, 0)  # warm-up: model load, first-call overheads
-    times = [fn(crystals, steps, seed) for seed in range(repeats)]
-    queue.put((statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    fn(crystals, 2, seed)  # warm-up: model load, first-call overheads
+    elapsed = fn(crystals, steps, seed)
+    queue.put((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-def measure(name: str, crystals: int, steps: int, repeats: int) -> tuple[float, float]:
+def measure(name: str, crystals: int, steps: int, seed: int) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(name, crystals, steps, repeats, queue))
+    proc = ctx.Process(target=_run, args=(name, crystals, steps, seed, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -86,8 +86,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    bare_t, bare_mem = measure("bare", args.crystals, args.steps, args.repeats)
-    coll_t, coll_mem = measure("collector", args.crystals, args.steps, args.repeats)
+    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "collector": []}
+    for seed in range(args.repeats):  # interleaved, so machine noise hits both alike
+        for name in runs:
+            runs[name].append(measure(name, args.crystals, args.steps, seed))
+    bare_t, coll_t = (statistics.median(t for t, _ in runs[n]) for n in ("bare", "collector"))
+    bare_mem, coll_mem = (max(m for _, m in runs[n]) for n in ("bare", "collector"))
     print(f"{args.crystals} crystals x {args.steps} steps (median of {args.repeats})")
     print(f"bare transition loop : {bare_t:7.2f} s   peak RSS {bare_mem:7.0f} MiB")
     print(f"TorchRL Collector    : {coll_t:7.2f} s   peak RSS {coll_mem:7.0f} MiB")
