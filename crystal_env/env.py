@@ -19,7 +19,8 @@ class CrystalDiffusionEnv(EnvBase):
     ``timestep`` (B, 1) the diffusion timestep of ``latent`` (-1 once at z_0), ``group_id`` (B, 1),
     ``failed`` (B, 1) crystals whose trajectory was corrupted by a non-finite action.
     Action: ``action`` = the next latent (B, N, L). Reward: 0 until the K-th step, then the reward
-    callable's total; per-component values under ``("reward_components", name)`` and the decoded
+    callable's total; per-component values under ``("reward_components", name)`` (contribution to
+    the total) and ``("reward_raw", name)`` (the raw metric, NaN where it failed), and the decoded
     crystals as pymatgen ``Structure`` objects under ``"crystals"`` (None when undecodable or
     before the end; ``structure.to(fmt="cif")`` gives the CIF).
 
@@ -61,6 +62,7 @@ class CrystalDiffusionEnv(EnvBase):
             int(seed) if seed is not None else int(torch.empty((), dtype=torch.int64).random_())
         )
         self.num_invalid_actions = 0
+        self.rng_state_at_last_reset = self.rng.get_state()
         self._make_specs()
 
     # ---- specs --------------------------------------------------------------------------------------
@@ -75,6 +77,7 @@ class CrystalDiffusionEnv(EnvBase):
             num_atoms=Bounded(1, N, (B, 1), dtype=torch.int64),
             failed=Categorical(2, (B, 1), dtype=torch.bool),
             reward_components=Composite({k: Unbounded((B, 1)) for k in self.component_names}, shape=(B,)),
+            reward_raw=Composite({k: Unbounded((B, 1)) for k in self.component_names}, shape=(B,)),
             crystals=NonTensor(shape=(B,)),
             shape=(B,),
         )
@@ -101,12 +104,14 @@ class CrystalDiffusionEnv(EnvBase):
         group_id: torch.Tensor,
         failed: torch.Tensor,
         components: dict[str, torch.Tensor] | None = None,
+        raw: dict[str, torch.Tensor] | None = None,
         crystals: list[Structure | None] | None = None,
     ) -> TensorDict:
         B = z.shape[0]
         timesteps = self.model.schedule.timesteps
         t = torch.where(step < self.num_steps, timesteps[step.clamp_max(self.num_steps - 1)], -1)
         comps = components or {k: torch.zeros(B) for k in self.component_names}
+        raw = raw or {k: torch.zeros(B) for k in self.component_names}
         return TensorDict(
             {
                 "latent": z,
@@ -117,6 +122,7 @@ class CrystalDiffusionEnv(EnvBase):
                 "num_atoms": mask.sum(1, keepdim=True),
                 "failed": failed,
                 "reward_components": TensorDict({k: v.reshape(B, 1) for k, v in comps.items()}, [B]),
+                "reward_raw": TensorDict({k: v.reshape(B, 1) for k, v in raw.items()}, [B]),
                 "crystals": NonTensorStack(*(crystals or [None] * B)),
             },
             batch_size=[B],
@@ -128,6 +134,9 @@ class CrystalDiffusionEnv(EnvBase):
     ) -> TensorDictBase:
         if seed is not None:
             self.set_seed(seed)
+        # the generator state this reset starts from: restoring it and resetting again redraws the
+        # same episode (trainers use it to resume exactly when a collector has already reset)
+        self.rng_state_at_last_reset = self.rng.get_state()
         B, G = self.batch_size[0], self.group_size
         n_groups = B // G
         num_atoms_groups = self.model.sample_num_atoms(n_groups, self.rng).clamp(1, self.max_atoms)
@@ -157,10 +166,10 @@ class CrystalDiffusionEnv(EnvBase):
         done = step >= self.num_steps
         B = z.shape[0]
         reward = torch.zeros(B, 1)
-        components, crystals = None, None
+        components, raw, crystals = None, None, None
         if bool(done.all()):
-            reward, components, crystals = self._score(z_next, mask, failed.squeeze(-1))
-        out = self._observation(z_next, mask, step, tensordict["group_id"], failed, components, crystals)
+            reward, components, raw, crystals = self._score(z_next, mask, failed.squeeze(-1))
+        out = self._observation(z_next, mask, step, tensordict["group_id"], failed, components, raw, crystals)
         out.set("reward", reward)
         out.set("done", done.clone())
         out.set("terminated", done.clone())
@@ -169,8 +178,8 @@ class CrystalDiffusionEnv(EnvBase):
 
     def _score(
         self, z0: torch.Tensor, mask: torch.Tensor, failed: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Structure | None]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], list[Structure | None]]:
         structures = self.model.decode_structures(z0, mask)
         structures = [None if bad else s for s, bad in zip(structures, failed.tolist(), strict=True)]
-        total, comps = evaluate_reward(self.reward_fn, structures)
-        return total.reshape(-1, 1), comps, structures
+        total, comps, raw = evaluate_reward(self.reward_fn, structures)
+        return total.reshape(-1, 1), comps, raw, structures

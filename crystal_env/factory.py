@@ -22,7 +22,7 @@ def build_reward_fn(reward: str | dict | RewardFn) -> RewardFn:
 
 
 def make_env(
-    env: str = "ldm_mp20",
+    env: str | dict = "ldm_mp20",
     reward: str | dict | RewardFn = "dng",
     batch_size: int | None = None,
     group_size: int | None = None,
@@ -30,12 +30,13 @@ def make_env(
     device: str = "cpu",
     **overrides: Any,
 ) -> CrystalDiffusionEnv:
-    """Build the environment ``configs/env/<env>.yaml`` with reward ``configs/reward/<reward>.yaml``.
+    """Build the environment ``configs/env/<env>.yaml`` (or an env config dict) with reward
+    ``configs/reward/<reward>.yaml``.
 
     ``overrides`` replace keys of the env config (``model``, ``sampler``, ``num_steps``, ``eta``,
     ``max_atoms``); ``reward`` may also be any callable ``structures -> scores``.
     """
-    cfg = load_config("env", env)
+    cfg = dict(env) if isinstance(env, dict) else load_config("env", env)
     unknown = set(overrides) - ENV_KEYS
     if unknown:
         raise ValueError(f"Unknown env option(s) {sorted(unknown)}; valid: {sorted(ENV_KEYS - {'name'})}")

@@ -85,10 +85,13 @@ class TransitionModule(nn.Module):
     def forward(
         self, latent: torch.Tensor, mask: torch.Tensor, step_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        step = step_index.reshape(latent.shape[0]).clamp_max(self.model.schedule.num_steps - 1)
-        loc, scale = self.model.transition(latent, step, mask)
-        stochastic = (scale * mask[..., None]).flatten(1).amax(1, keepdim=True) > 0
-        return loc, scale, stochastic
+        lead = latent.shape[:-2]  # any batch dims, e.g. [B] from the env or [B, K] in a loss
+        z = latent.reshape(-1, *latent.shape[-2:])
+        m = mask.reshape(-1, mask.shape[-1])
+        step = step_index.reshape(-1).clamp_max(self.model.schedule.num_steps - 1)
+        loc, scale = self.model.transition(z, step, m)
+        stochastic = (scale * m[..., None]).flatten(1).amax(1, keepdim=True) > 0
+        return loc.reshape(latent.shape), scale.reshape(latent.shape), stochastic.reshape(*lead, 1)
 
 
 def make_policy(model: CrystalLDM, reduction: str = "mean", trainable: bool = True) -> ProbabilisticActor:

@@ -4,7 +4,8 @@ Any callable ``reward_fn(structures) -> Tensor (B,) | Mapping`` works. ``structu
 pymatgen ``Structure`` objects, with ``None`` for crystals that could not be decoded (or whose
 trajectory was corrupted); the reward must give those its defined penalty. A mapping result must
 have a ``"total"`` entry; its other entries named in ``reward_fn.component_names`` are reported
-per component.
+per component (their contribution to the total), and ``out["raw"][name]``, when present, as the
+component's raw metric (e.g. eV/atom, atoms/Å³).
 """
 
 from __future__ import annotations
@@ -23,19 +24,23 @@ def component_names(reward_fn: RewardFn) -> list[str]:
 
 def evaluate_reward(
     reward_fn: RewardFn, structures: Sequence[Structure | None]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total (B,) float32 reward and the named components, with any NaN replaced by the minimum."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Total (B,) float32 reward (NaN replaced by the batch minimum), the named components' weighted
+    values and their raw values (NaN where a component failed)."""
     out = reward_fn(structures)
     n = len(structures)
+    comps: dict[str, torch.Tensor] = {}
+    raw: dict[str, torch.Tensor] = {}
     if isinstance(out, Mapping) or hasattr(out, "keys"):
         total = torch.as_tensor(out["total"], dtype=torch.float32).reshape(n)
-        comps = {
-            k: torch.as_tensor(out[k], dtype=torch.float32).reshape(n) for k in component_names(reward_fn)
-        }
+        has_raw = "raw" in out.keys()
+        for k in component_names(reward_fn):
+            comps[k] = torch.as_tensor(out[k], dtype=torch.float32).reshape(n)
+            raw[k] = torch.as_tensor(out["raw"][k] if has_raw else out[k], dtype=torch.float32).reshape(n)
     else:
-        total, comps = torch.as_tensor(out, dtype=torch.float32).reshape(n), {}
+        total = torch.as_tensor(out, dtype=torch.float32).reshape(n)
     if not torch.isfinite(total).all():
         finite = total[torch.isfinite(total)]
         floor = finite.min() if finite.numel() else torch.tensor(0.0)
         total = torch.where(torch.isfinite(total), total, floor)
-    return total, comps
+    return total, comps, raw

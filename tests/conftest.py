@@ -7,7 +7,7 @@ import torch
 
 # Keep every test's caches away from the user's home and from each other's sessions.
 os.environ.setdefault("CRYSTAL_ENV_CACHE", tempfile.mkdtemp(prefix="crystal_env_cache_"))
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small models: threads only add contention
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
