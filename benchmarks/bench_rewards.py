@@ -67,7 +67,7 @@ def bench_energy(structures) -> dict:
     backend = get_mlip("chgnet")
     backend.energies(structures[:4])  # warm-up
     start = time.perf_counter()
-    batched = backend.energies(structures, batch_size=64)
+    batched = backend.energies(structures)
     t_batched = time.perf_counter() - start
     from pymatgen.io.ase import AseAtomsAdaptor
 

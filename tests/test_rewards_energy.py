@@ -152,6 +152,7 @@ def test_mace_backend_with_a_small_saved_model(tmp_path):
     # an element the model does not know fails only that crystal
     mixed = backend.raw_energies([crystals[0], rock_salt(4.0, "Ti", "C")])
     assert np.isfinite(mixed[0]) and np.isnan(mixed[1])
+    assert torch.get_default_dtype() == torch.float32  # MACE's dtype switching does not leak
     relaxed = backend.relax([crystals[0]], steps=2)
     assert len(relaxed) == 1 and np.isfinite(relaxed[0].lattice.matrix).all()
     # through the reward, selected in config

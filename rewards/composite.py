@@ -1,0 +1,96 @@
+"""A weighted sum of reward components that share per-batch metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pymatgen.core import Structure
+from tensordict import TensorDict
+
+from rewards.base import RewardComponent, normalize
+from rewards.metrics import RewardBatch
+from rewards.reference import ReferenceSet, load_reference
+
+
+class CompositeReward:
+    """``total = Σ_c weight_c · normalize_c(raw_c)`` over the components, per crystal.
+
+    Calling it on B structures (``None`` = undecodable) returns a TensorDict of batch size [B]:
+    ``total``; one entry per component name (its weighted, normalised term of the total);
+    ``("raw", name)`` the raw component values; ``("failed", name)`` the crystals that component
+    gave its worst value (invalid crystal or e.g. MLIP failure); ``invalid`` the structurally
+    invalid crystals. Never NaN. :attr:`last_info` holds counts and per-metric timings.
+
+    ``total`` is *not* passed through the global ``normalize_fn``: it stays comparable across
+    batches (for logging). Agents get advantages with :meth:`normalize` (per group for GRPO).
+    """
+
+    def __init__(
+        self,
+        components: Sequence[RewardComponent],
+        normalize_fn: str | None = "std",
+        eps: float = 1e-4,
+        reference: ReferenceSet | dict | None = None,
+    ):
+        if not components:
+            raise ValueError("CompositeReward needs at least one component")
+        self.components = list(components)
+        names = [c.name for c in self.components]
+        for i, c in enumerate(self.components):  # make names unique: energy, energy_2, ...
+            if names[:i].count(c.name):
+                c.name = f"{c.name}_{names[:i].count(c.name) + 1}"
+            names[i] = c.name
+        self.normalize_fn = None if normalize_fn in ("null", "none") else normalize_fn
+        normalize(torch.zeros(1), self.normalize_fn)  # validate the name now, not mid-training
+        self.eps = float(eps)
+        self._reference = load_reference(**reference) if isinstance(reference, dict) else reference
+        self.last_info: dict[str, Any] = {}
+
+    @property
+    def component_names(self) -> list[str]:
+        return [c.name for c in self.components]
+
+    @property
+    def reference(self) -> ReferenceSet:
+        if self._reference is None:
+            self._reference = load_reference()
+        return self._reference
+
+    def normalize(self, x: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The global normalisation (``normalize_fn``, ``eps``) of rewards, within each group if given."""
+        return normalize(torch.as_tensor(x).reshape(-1), self.normalize_fn, self.eps, group_ids)
+
+    def __call__(self, structures: Sequence[Structure | None]) -> TensorDict:
+        start = time.perf_counter()
+        batch = RewardBatch(structures, self.reference)
+        n = len(batch)
+        for c in self.components:  # shared metrics first, each once (the batch memoises them)
+            for metric in c.required_metrics:
+                batch.metric(metric, **c.metric_params(metric))
+        out: dict[str, torch.Tensor] = {}
+        raw, failed = {}, {}
+        total = torch.zeros(n)
+        for c in self.components:
+            raw[c.name], failed[c.name] = c.score(batch)
+            term = c.weight * normalize(raw[c.name], c.normalize_fn, c.eps)
+            out[c.name] = torch.nan_to_num(term, nan=0.0, posinf=0.0, neginf=0.0)
+            total = total + out[c.name]
+        out["total"] = total
+        self.last_info = {
+            "num_invalid": int((~batch.valid).sum()),
+            "invalid_reasons": dict(batch.invalid_reasons),
+            "num_failed": {k: int(v.sum()) for k, v in failed.items()},
+            "metric_seconds": dict(batch.timings),
+            "seconds": time.perf_counter() - start,
+        }
+        return TensorDict(
+            {**out, "raw": TensorDict(raw, [n]), "failed": TensorDict(failed, [n]), "invalid": ~batch.valid},
+            batch_size=[n],
+        )
+
+    def __repr__(self) -> str:
+        comps = ", ".join(repr(c) for c in self.components)
+        return f"CompositeReward([{comps}], normalize_fn={self.normalize_fn!r}, eps={self.eps})"

@@ -1,0 +1,134 @@
+"""Per-batch shared metrics: each is computed at most once per batch and parameter set.
+
+A metric is a function ``fn(batch, **params)`` registered under a name; components ask for it with
+``batch.metric(name, **params)``. Register your own with :func:`register_metric`.
+Metric values cover the whole batch (B rows); rows of invalid crystals are NaN / False.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pymatgen.core import Structure
+
+from crystal_env.crystals.validity import structure_problem
+from rewards import features, novelty
+from rewards.mlip import get_mlip
+
+MetricFn = Callable[..., Any]
+METRICS: dict[str, MetricFn] = {}
+
+
+def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
+    def wrap(fn: MetricFn) -> MetricFn:
+        METRICS[name] = fn
+        return fn
+
+    return wrap
+
+
+class RewardBatch:
+    """The crystals of one reward call, their validity, the reference, and the metric cache."""
+
+    def __init__(self, structures: Sequence[Structure | None], reference=None):
+        self.structures = list(structures)
+        self.problems = [structure_problem(s) for s in self.structures]
+        self.valid = torch.tensor([p is None for p in self.problems], dtype=torch.bool)
+        self._reference = reference
+        self._cache: dict[tuple, Any] = {}
+        self.timings: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    @property
+    def reference(self):
+        """The reference set (the bundled default, loaded on first use, unless one was given)."""
+        if self._reference is None:
+            from rewards.reference import load_reference
+
+            self._reference = load_reference()
+        return self._reference
+
+    @property
+    def valid_structures(self) -> list[Structure | None]:
+        """The structures with invalid ones replaced by ``None``."""
+        return [s if ok else None for s, ok in zip(self.structures, self.valid.tolist(), strict=True)]
+
+    @property
+    def invalid_reasons(self) -> Counter:
+        return Counter(p for p in self.problems if p is not None)
+
+    def metric(self, name: str, **params: Any) -> Any:
+        if name not in METRICS:
+            raise KeyError(f"Unknown metric {name!r}; registered: {sorted(METRICS)}")
+        key = (name, tuple(sorted(params.items())))
+        if key not in self._cache:
+            start = time.perf_counter()
+            self._cache[key] = METRICS[name](self, **params)
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        return self._cache[key]
+
+
+@register_metric("amd")
+def _amd(batch: RewardBatch, k: int = novelty.AMD_K) -> np.ndarray:
+    return novelty.amd_vectors(batch.valid_structures, k)
+
+
+def _scale_free_amd(batch: RewardBatch) -> np.ndarray:
+    return novelty.scale_free(batch.metric("amd"), batch.valid_structures)
+
+
+@register_metric("unique")
+def _unique(batch: RewardBatch) -> np.ndarray:
+    return novelty.unique_flags(batch.valid_structures, _scale_free_amd(batch), batch.reference.matcher)
+
+
+@register_metric("novel")
+def _novel(batch: RewardBatch) -> np.ndarray:
+    ref = batch.reference
+    return novelty.novel_flags(batch.valid_structures, _scale_free_amd(batch), ref, ref.matcher)
+
+
+@register_metric("mlip_energy")
+def _mlip_energy(
+    batch: RewardBatch, mlip: str = "chgnet", model: str | None = None, relax_steps: int = 0,
+    fmax: float = 0.1, batch_size: int = 16, device: str = "cpu",
+) -> np.ndarray:
+    """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable."""
+    backend = get_mlip(mlip, model, device)
+    idx = [i for i, ok in enumerate(batch.valid.tolist()) if ok]
+    structures = [batch.structures[i] for i in idx]
+    if relax_steps > 0:
+        structures = backend.relax(structures, relax_steps, fmax)
+    out = np.full(len(batch), np.nan)
+    if structures:
+        out[idx] = backend.energies(structures, batch_size)
+    return out
+
+
+@register_metric("e_above_hull")
+def _e_above_hull(batch: RewardBatch, **mlip_params: Any) -> np.ndarray:
+    """Energy above the reference hull (eV/atom; negative below it), NaN where unavailable."""
+    energies = batch.metric("mlip_energy", **mlip_params)
+    hull = batch.reference.hull
+    out = np.full(len(batch), np.nan)
+    for i, (s, e) in enumerate(zip(batch.structures, energies, strict=True)):
+        if np.isfinite(e):
+            out[i] = hull.e_above_hull(s.composition, float(e))
+    return out
+
+
+@register_metric("vae_structure_features")
+def _vae_structure_features(batch: RewardBatch, model: Any = "mp20_tiny") -> torch.Tensor:
+    return features.vae_features(batch.valid_structures, features.get_model(model), "structure")
+
+
+@register_metric("vae_composition_features")
+def _vae_composition_features(batch: RewardBatch, model: Any = "mp20_tiny") -> torch.Tensor:
+    return features.vae_features(batch.valid_structures, features.get_model(model), "composition")
