@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from tensordict import TensorDictBase
@@ -20,7 +21,8 @@ class PolicyGradientAgent(GradientAgent):
     updates of :class:`GroupPolicyLoss` (one optimiser step each) over the crystals of the batch.
 
     ``advantage``: ``group`` — (r − mean)/(std + eps) within each group (GRPO); ``batch`` — the same
-    over the whole batch; ``reward`` — the reward as it comes (the reward's own global normalisation).
+    over the whole batch; ``reward`` — the reward's own global normalisation ``reward_normalizer(r)``
+    (e.g. ``CompositeReward.normalize``), or the reward as it comes when none is given.
     """
 
     def __init__(
@@ -38,8 +40,10 @@ class PolicyGradientAgent(GradientAgent):
         lr: float = 1e-5,
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,
+        reward_normalizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__(policy, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+        self.reward_normalizer = reward_normalizer
         if advantage not in ADVANTAGES:
             raise ValueError(f"Unknown advantage {advantage!r}; valid: {list(ADVANTAGES)}")
         self.advantage = advantage
@@ -56,7 +60,7 @@ class PolicyGradientAgent(GradientAgent):
             return group_normalize(rewards, batch["group_id"][:, 0].reshape(-1), self.adv_eps)
         if self.advantage == "batch":
             return batch_standardize(rewards, self.adv_eps)
-        return rewards
+        return rewards if self.reward_normalizer is None else self.reward_normalizer(rewards)
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         adv = self.advantages(batch)
@@ -71,7 +75,7 @@ class PolicyGradientAgent(GradientAgent):
             loss = out["loss_objective"] + out["loss_kl"] + out["loss_entropy"]
             ok, grad_norm = self.optimizer_step(loss)
             applied += ok
-            for key, value in (("loss", loss), ("grad_norm", grad_norm), *((k, out[k]) for k in
+            for key, value in (("loss", loss.detach()), ("grad_norm", grad_norm), *((k, out[k]) for k in
                                ("kl_div", "entropy", "ratio", "clip_fraction"))):
                 sums[key] = sums.get(key, 0.0) + float(value) / len(chunks)
         self.consecutive_nan = 0 if applied else self.consecutive_nan + 1

@@ -83,7 +83,7 @@ class PPOAgent(GradientAgent):
                 ok, grad_norm = self.optimizer_step(loss)
                 applied += ok
                 n += 1
-                for key, value in (("loss", loss), ("grad_norm", grad_norm), ("loss_critic", out["loss_critic"]),
+                for key, value in (("loss", loss.detach()), ("grad_norm", grad_norm), ("loss_critic", out["loss_critic"].detach()),
                                    ("entropy", out.get("entropy", torch.zeros(()))),
                                    ("clip_fraction", out.get("clip_fraction", torch.zeros(()))),
                                    ("kl_div", out.get("kl_approx", torch.zeros(())))):

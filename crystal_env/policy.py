@@ -78,9 +78,10 @@ class LatentGaussian(Distribution):
 class TransitionModule(nn.Module):
     """(latent, mask, step_index) → (loc, scale, stochastic) of p(z_{t-1} | z_t) via ``model.transition``."""
 
-    def __init__(self, model: CrystalLDM):
+    def __init__(self, model: CrystalLDM, min_std: float = 0.0):
         super().__init__()
         self.model = model
+        self.min_std = min_std
 
     def forward(
         self, latent: torch.Tensor, mask: torch.Tensor, step_index: torch.Tensor
@@ -90,16 +91,25 @@ class TransitionModule(nn.Module):
         m = mask.reshape(-1, mask.shape[-1])
         step = step_index.reshape(-1).clamp_max(self.model.schedule.num_steps - 1)
         loc, scale = self.model.transition(z, step, m)
+        if self.min_std > 0:  # near-deterministic steps: take the mean, leave them out of the loss
+            scale = torch.where(scale < self.min_std, torch.zeros_like(scale), scale)
         stochastic = (scale * m[..., None]).flatten(1).amax(1, keepdim=True) > 0
         return loc.reshape(latent.shape), scale.reshape(latent.shape), stochastic.reshape(*lead, 1)
 
 
-def make_policy(model: CrystalLDM, reduction: str = "mean", trainable: bool = True) -> ProbabilisticActor:
-    """The actor that samples ``action`` and writes ``action_log_prob``; only the denoiser trains."""
+def make_policy(
+    model: CrystalLDM, reduction: str = "mean", trainable: bool = True, min_std: float = 0.0
+) -> ProbabilisticActor:
+    """The actor that samples ``action`` and writes ``action_log_prob``; only the denoiser trains.
+
+    ``min_std`` > 0 treats transitions whose std is below it (e.g. the σ ≈ 0.006 step into t = 0
+    of a 10-step DDIM schedule) as deterministic: their log-probabilities are so sharp that they
+    dominate policy gradients with noise on short schedules.
+    """
     model.vae.requires_grad_(False)
     model.denoiser.requires_grad_(trainable)
     module = TensorDictModule(
-        TransitionModule(model),
+        TransitionModule(model, min_std),
         in_keys=["latent", "mask", "step_index"],
         out_keys=["loc", "scale", "stochastic"],
     )
@@ -115,7 +125,7 @@ def make_policy(model: CrystalLDM, reduction: str = "mean", trainable: bool = Tr
     )
 
 
-def make_reference_policy(model: CrystalLDM, reduction: str = "mean") -> ProbabilisticActor:
+def make_reference_policy(model: CrystalLDM, reduction: str = "mean", min_std: float = 0.0) -> ProbabilisticActor:
     """A frozen copy of the base model's policy, the reference for KL penalties."""
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    return make_policy(frozen, reduction=reduction, trainable=False)
+    return make_policy(frozen, reduction=reduction, trainable=False, min_std=min_std)

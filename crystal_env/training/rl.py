@@ -100,9 +100,11 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
                            seed=seed + 10_000, device=cfg.get("device", "cpu"))
         val_env.model = env.model  # one model in memory: the policy being trained
     model = env.model
-    policy = make_policy(model, reduction=cfg.get("log_prob_reduction", "mean"))
-    reference = make_reference_policy(model)
-    agent = build_agent(agent_cfg, policy, reference, latent_dim=model.latent_dim, num_steps=env.num_steps)
+    policy_cfg = dict(cfg.get("policy", {}))
+    policy = make_policy(model, **policy_cfg)
+    reference = make_reference_policy(model, **policy_cfg)
+    agent = build_agent(agent_cfg, policy, reference, latent_dim=model.latent_dim, num_steps=env.num_steps,
+                        reward_normalizer=getattr(reward_fn, "normalize", None))
     trainer = Trainer(
         agent, env, val_env, TrainerConfig(**trainer_cfg), run_dir,
         loggers=make_loggers(dict(cfg.get("logger", {})), run_dir) if rank == 0 else [],
