@@ -110,3 +110,16 @@ def test_nan_loss_skips_the_update(batch_and_policy):
     assert metrics["skipped_updates"] == 2 and agent.consecutive_nan == 1
     assert all(torch.equal(a, p) for a, p in zip(before, [p for p in policy.parameters() if p.requires_grad]))
     assert isinstance(TensorDict, type)
+
+
+def test_readme_example_agent_plugs_in(batch_and_policy):
+    from agents.factory import build_agent
+
+    batch, policy, ref = batch_and_policy
+    agent = build_agent({"_target_": "tests.example_agent.MyAgent", "my_param": 0.1}, policy, ref, latent_dim=4)
+    before = [p.detach().clone() for p in policy.parameters() if p.requires_grad]
+    metrics = agent.update(batch)
+    assert set(metrics) == {"loss", "grad_norm"}
+    assert any(not torch.equal(a, p) for a, p in zip(before, [p for p in policy.parameters() if p.requires_grad]))
+    with pytest.raises(TypeError, match="Agent"):
+        build_agent({"_target_": "torch.nn.Linear"}, policy, ref)
