@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from pymatgen.core import Structure
-from tensordict import NonTensorStack, TensorDict, TensorDictBase
+from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase
 from torchrl.data import Binary, Bounded, Categorical, Composite, NonTensor, Unbounded
 from torchrl.envs import EnvBase
 
@@ -123,7 +123,8 @@ class CrystalDiffusionEnv(EnvBase):
                 "failed": failed,
                 "reward_components": TensorDict({k: v.reshape(B, 1) for k, v in comps.items()}, [B]),
                 "reward_raw": TensorDict({k: v.reshape(B, 1) for k, v in raw.items()}, [B]),
-                "crystals": NonTensorStack(*(crystals or [None] * B)),
+                # one shared None before the end (cheap to copy), one structure per crystal at the end
+                "crystals": NonTensorStack(*crystals) if crystals else NonTensorData(None, batch_size=[B]),
             },
             batch_size=[B],
             device=self.device,
