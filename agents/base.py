@@ -43,8 +43,14 @@ class GradientAgent(Agent):
     """An agent with an AdamW optimiser over its trainable parameters, gradient clipping, NaN-safe
     steps and (under ``torch.distributed``) gradient all-reduce across ranks."""
 
-    def __init__(self, policy: nn.Module, extra_modules: list[nn.Module] | None = None,
-                 lr: float = 1e-5, weight_decay: float = 0.0, max_grad_norm: float = 1.0):
+    def __init__(
+        self,
+        policy: nn.Module,
+        extra_modules: list[nn.Module] | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 1.0,
+    ):
         super().__init__(policy)
         self.extra_modules = nn.ModuleList(extra_modules or [])
         self.params = [p for m in (policy, self.extra_modules) for p in m.parameters() if p.requires_grad]

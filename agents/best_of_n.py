@@ -27,8 +27,11 @@ class BestOfNAgent(Agent):
         top = torch.argsort(rewards, descending=True)[: self.keep]
         self.best = lazy_stack([pool[int(i)] for i in top])
         kept = self.best["next", "reward"].reshape(-1)
-        return {"best_reward": float(kept[0]), "kept_mean_reward": float(kept.mean()),
-                "batch_reward": float(terminal_rewards(batch).mean())}
+        return {
+            "best_reward": float(kept[0]),
+            "kept_mean_reward": float(kept.mean()),
+            "batch_reward": float(terminal_rewards(batch).mean()),
+        }
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "best": self.best}

@@ -19,7 +19,11 @@ def build_agent(cfg: dict[str, Any], policy: nn.Module, reference: nn.Module | N
     cls = get_class(cfg.pop("_target_"))
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
         raise TypeError(f"{cls} is not an agents.base.Agent subclass")
-    accepted = {name for klass in cls.__mro__ if "__init__" in vars(klass)
-                for name in inspect.signature(klass.__init__).parameters}
+    accepted = {
+        name
+        for klass in cls.__mro__
+        if "__init__" in vars(klass)
+        for name in inspect.signature(klass.__init__).parameters
+    }
     extra = {k: v for k, v in context.items() if k in accepted and k not in cfg}
     return cls(policy, reference, **cfg, **extra)

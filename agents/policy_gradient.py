@@ -50,8 +50,13 @@ class PolicyGradientAgent(GradientAgent):
         self.adv_eps = adv_eps
         self.num_inner_batch = num_inner_batch
         self.loss = GroupPolicyLoss(
-            policy, reference if kl_reference == "base" else None, clip_epsilon=clip_ratio, kl_weight=kl_weight,
-            entropy_weight=entropy_weight, kl_reference=kl_reference, entropy_estimator=entropy_estimator,
+            policy,
+            reference if kl_reference == "base" else None,
+            clip_epsilon=clip_ratio,
+            kl_weight=kl_weight,
+            entropy_weight=entropy_weight,
+            kl_reference=kl_reference,
+            entropy_estimator=entropy_estimator,
         )
 
     def advantages(self, batch: TensorDictBase) -> torch.Tensor:
@@ -75,9 +80,16 @@ class PolicyGradientAgent(GradientAgent):
             loss = out["loss_objective"] + out["loss_kl"] + out["loss_entropy"]
             ok, grad_norm = self.optimizer_step(loss)
             applied += ok
-            for key, value in (("loss", loss.detach()), ("grad_norm", grad_norm), *((k, out[k]) for k in
-                               ("kl_div", "entropy", "ratio", "clip_fraction"))):
+            for key, value in (
+                ("loss", loss.detach()),
+                ("grad_norm", grad_norm),
+                *((k, out[k]) for k in ("kl_div", "entropy", "ratio", "clip_fraction")),
+            ):
                 sums[key] = sums.get(key, 0.0) + float(value) / len(chunks)
         self.consecutive_nan = 0 if applied else self.consecutive_nan + 1
-        return {**sums, "advantages": float(adv.abs().mean()), "skipped_updates": float(len(chunks) - applied),
-                "nan_loss": float(applied == 0 and not math.isfinite(sums["loss"]))}
+        return {
+            **sums,
+            "advantages": float(adv.abs().mean()),
+            "skipped_updates": float(len(chunks) - applied),
+            "nan_loss": float(applied == 0 and not math.isfinite(sums["loss"])),
+        }

@@ -52,7 +52,8 @@ class PPOAgent(GradientAgent):
         max_grad_norm: float = 1.0,
     ):
         critic = TensorDictModule(
-            LatentValueNet(latent_dim, num_steps, value_hidden), in_keys=["latent", "mask", "step_index"],
+            LatentValueNet(latent_dim, num_steps, value_hidden),
+            in_keys=["latent", "mask", "step_index"],
             out_keys=["state_value"],
         )
         super().__init__(policy, [critic], lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
@@ -62,7 +63,11 @@ class PPOAgent(GradientAgent):
         self.critic = critic
         self.advantage_module = GAE(gamma=gamma, lmbda=lmbda, value_network=critic)
         self.loss = ClipPPOLoss(
-            policy, critic, clip_epsilon=clip_epsilon, entropy_coeff=entropy_weight, critic_coeff=critic_coeff,
+            policy,
+            critic,
+            clip_epsilon=clip_epsilon,
+            entropy_coeff=entropy_weight,
+            critic_coeff=critic_coeff,
             normalize_advantage=True,
         )
         self.loss.set_keys(sample_log_prob="action_log_prob")
@@ -83,10 +88,14 @@ class PPOAgent(GradientAgent):
                 ok, grad_norm = self.optimizer_step(loss)
                 applied += ok
                 n += 1
-                for key, value in (("loss", loss.detach()), ("grad_norm", grad_norm), ("loss_critic", out["loss_critic"].detach()),
-                                   ("entropy", out.get("entropy", torch.zeros(()))),
-                                   ("clip_fraction", out.get("clip_fraction", torch.zeros(()))),
-                                   ("kl_div", out.get("kl_approx", torch.zeros(())))):
+                for key, value in (
+                    ("loss", loss.detach()),
+                    ("grad_norm", grad_norm),
+                    ("loss_critic", out["loss_critic"].detach()),
+                    ("entropy", out.get("entropy", torch.zeros(()))),
+                    ("clip_fraction", out.get("clip_fraction", torch.zeros(()))),
+                    ("kl_div", out.get("kl_approx", torch.zeros(()))),
+                ):
                     sums[key] = sums.get(key, 0.0) + float(value)
         self.consecutive_nan = 0 if applied else self.consecutive_nan + 1
         metrics = {k: v / n for k, v in sums.items()}

@@ -92,13 +92,16 @@ class Trainer:
     def save(self) -> None:
         if not _is_main():
             return
-        save_checkpoint(self.checkpoint_path(), {
-            "step": self.step,
-            "agent": self.agent.state_dict(),
-            "rng": capture_rng(self._env_rng_states()),
-            "config": self.config,
-            "history": self.history,
-        })
+        save_checkpoint(
+            self.checkpoint_path(),
+            {
+                "step": self.step,
+                "agent": self.agent.state_dict(),
+                "rng": capture_rng(self._env_rng_states()),
+                "config": self.config,
+                "history": self.history,
+            },
+        )
         for hook in self.hooks:
             hook("checkpoint", self.step, self.run_dir, None)
 
@@ -145,7 +148,10 @@ class Trainer:
         if resume is not None:
             self.resume(resume)
         collector = Collector(  # resets the env: with a rewound generator, the same pending episode
-            self.env, self.agent.policy, frames_per_batch=self.frames_per_batch, total_frames=-1,
+            self.env,
+            self.agent.policy,
+            frames_per_batch=self.frames_per_batch,
+            total_frames=-1,
             auto_register_policy_transforms=False,
         )
         if self._resume_state is not None:
@@ -155,8 +161,9 @@ class Trainer:
             self.history.append(record)
             self.log(record)
         stop = self._install_interrupt_handler()
-        bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not (self.cfg.progress and _is_main()),
-                   desc="train")
+        bar = tqdm(
+            total=self.cfg.max_steps, initial=self.step, disable=not (self.cfg.progress and _is_main()), desc="train"
+        )
         iterator = iter(collector)
         try:
             while self.step < self.cfg.max_steps and not stop.is_set():
@@ -165,14 +172,19 @@ class Trainer:
                 metrics = self.agent.update(batch)
                 elapsed = time.perf_counter() - start
                 self.step += 1
-                record = {"step": self.step, **_final_means(batch, "train"),
-                          **{f"train/{k}": v for k, v in metrics.items()},
-                          "train/crystals_per_second": batch.shape[0] / elapsed}
+                record = {
+                    "step": self.step,
+                    **_final_means(batch, "train"),
+                    **{f"train/{k}": v for k, v in metrics.items()},
+                    "train/crystals_per_second": batch.shape[0] / elapsed,
+                }
                 if self.agent.consecutive_nan >= self.cfg.nan_patience:
                     self.history.append(record)
                     self.save()
-                    raise NaNLossError(f"{self.agent.consecutive_nan} consecutive steps with a non-finite loss; "
-                                       f"stopped at step {self.step}, checkpoint in {self.checkpoint_path()}")
+                    raise NaNLossError(
+                        f"{self.agent.consecutive_nan} consecutive steps with a non-finite loss; "
+                        f"stopped at step {self.step}, checkpoint in {self.checkpoint_path()}"
+                    )
                 if self.step % self.cfg.val_every == 0 or self.step == self.cfg.max_steps:
                     record.update(self.validate())
                 self.history.append(record)
@@ -196,6 +208,7 @@ class Trainer:
         stop = threading.Event()
         self._previous_handler = None
         if threading.current_thread() is threading.main_thread():
+
             def handler(signum, frame):
                 if stop.is_set():
                     raise KeyboardInterrupt

@@ -1,8 +1,8 @@
 """Env overhead: a TorchRL Collector rollout vs a bare loop of ``transition`` + sampling, same work.
 
 ``python benchmarks/bench_env.py [--crystals 64 --steps 50 --repeats 3]``. Each run is a fresh
-process (so peak RSS is its own) and the two variants alternate; the reward is a no-op so only the env/collector plumbing
-and the denoiser are timed. Prints the time ratio collector / bare loop (target ≤ 1.15).
+process (so peak RSS is its own) and the two variants alternate; the reward is a no-op so only the
+env/collector plumbing and the denoiser are timed. Prints the time ratio collector / bare loop (target ≤ 1.15).
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ def _collector(crystals: int, steps: int, seed: int) -> float:
     from crystal_env import make_env
     from crystal_env.policy import make_policy
 
-    env = make_env(
-        "ldm_mp20", reward=zero_reward, batch_size=crystals, group_size=4, num_steps=steps, seed=seed
-    )
+    env = make_env("ldm_mp20", reward=zero_reward, batch_size=crystals, group_size=4, num_steps=steps, seed=seed)
     policy = make_policy(env.model)
     collector = Collector(
         env,

@@ -56,10 +56,14 @@ def bench_novelty(carbon_dir: Path, n_ref: int, n_copies: int, n_rattled: int, n
     naive = [naive_first_match(q, ref, matcher) is not None for q in queries]
     t_naive = time.perf_counter() - start
     return {
-        "queries": len(queries), "references": len(ref), "known": int(sum(naive)),
+        "queries": len(queries),
+        "references": len(ref),
+        "known": int(sum(naive)),
         "identical_verdicts": fast == naive,
         "disagreements": int(sum(a != b for a, b in zip(fast, naive, strict=True))),
-        "prefilter_s": t_fast, "naive_s": t_naive, "speedup": t_naive / t_fast,
+        "prefilter_s": t_fast,
+        "naive_s": t_naive,
+        "speedup": t_naive / t_fast,
     }
 
 
@@ -80,7 +84,10 @@ def bench_energy(structures) -> dict:
         single.append(atoms.get_potential_energy() / len(atoms))
     t_single = time.perf_counter() - start
     return {
-        "crystals": len(structures), "batched_s": t_batched, "ase_s": t_single, "speedup": t_single / t_batched,
+        "crystals": len(structures),
+        "batched_s": t_batched,
+        "ase_s": t_single,
+        "speedup": t_single / t_batched,
         "max_abs_diff_eV_per_atom": float(np.nanmax(np.abs(batched - np.array(single)))),
     }
 
@@ -98,8 +105,13 @@ def dng_model(name: str) -> str:
         from crystal_env.models.vae import CrystalVAE, VAEConfig
 
         print(f"(model {name!r} unavailable: timing the DNG reward with a random VAE of the default size)")
-        model = CrystalLDM(CrystalVAE(VAEConfig()), DiTDenoiser(DenoiserConfig(latent_dim=8), max_atoms=20),
-                           torch.zeros(8), torch.ones(8), torch.ones(21))
+        model = CrystalLDM(
+            CrystalVAE(VAEConfig()),
+            DiTDenoiser(DenoiserConfig(latent_dim=8), max_atoms=20),
+            torch.zeros(8),
+            torch.ones(8),
+            torch.ones(21),
+        )
         path = Path(tempfile.mkdtemp()) / "random_ldm.pt"
         model.save(path)
         return str(path)
@@ -112,20 +124,30 @@ def bench_dng(structures, model: str) -> dict:
     out = reward(structures)
     elapsed = time.perf_counter() - start
     assert all(torch.isfinite(out[k]).all() for k in ["total", *reward.component_names])
-    return {"crystals": len(structures), "seconds": elapsed, "ms_per_crystal": 1e3 * elapsed / len(structures),
-            "metric_seconds": reward.last_info["metric_seconds"]}
+    return {
+        "crystals": len(structures),
+        "seconds": elapsed,
+        "ms_per_crystal": 1e3 * elapsed / len(structures),
+        "metric_seconds": reward.last_info["metric_seconds"],
+    }
 
 
 def bench_formation_mae() -> dict:
     rows = [r for split in ("train", "val", "test") for r in load_dataset("mp20_sample", split)]
     energies = get_mlip("chgnet").energies([r.structure for r in rows])
-    pred = np.array([formation_energy_per_atom(r.structure.composition, e)
-                     for r, e in zip(rows, energies, strict=True)])
+    pred = np.array(
+        [formation_energy_per_atom(r.structure.composition, e) for r, e in zip(rows, energies, strict=True)]
+    )
     dft = np.array([r.properties["formation_energy_per_atom"] for r in rows])
     ok = np.isfinite(pred)
     err = np.abs(pred[ok] - dft[ok])
-    return {"crystals": int(ok.sum()), "of": len(rows), "mae": float(err.mean()), "median": float(np.median(err)),
-            "pearson_r": float(np.corrcoef(pred[ok], dft[ok])[0, 1])}
+    return {
+        "crystals": int(ok.sum()),
+        "of": len(rows),
+        "mae": float(err.mean()),
+        "median": float(np.median(err)),
+        "pearson_r": float(np.corrcoef(pred[ok], dft[ok])[0, 1]),
+    }
 
 
 def main() -> None:
@@ -142,20 +164,28 @@ def main() -> None:
     mix = test[:40] + train[:12] + [rattle(s, 0.03, rng) for s in train[12:24]]
 
     nov = bench_novelty(args.carbon_dir, args.n_ref, n_copies=150, n_rattled=150, n_new=200)
-    print(f"| novelty (AMD prefilter + StructureMatcher vs naive scan) | {nov['queries']} queries x "
-          f"{nov['references']} same-formula refs, {nov['known']} known | {nov['prefilter_s']:.1f} s vs "
-          f"{nov['naive_s']:.1f} s | **{nov['speedup']:.0f}x**, identical verdicts: {nov['identical_verdicts']} |")
+    print(
+        f"| novelty (AMD prefilter + StructureMatcher vs naive scan) | {nov['queries']} queries x "
+        f"{nov['references']} same-formula refs, {nov['known']} known | {nov['prefilter_s']:.1f} s vs "
+        f"{nov['naive_s']:.1f} s | **{nov['speedup']:.0f}x**, identical verdicts: {nov['identical_verdicts']} |"
+    )
     en = bench_energy(test[:64])
-    print(f"| energy (CHGNet batched vs per-structure ASE calculator) | {en['crystals']} crystals | "
-          f"{en['batched_s']:.1f} s vs {en['ase_s']:.1f} s | **{en['speedup']:.1f}x** "
-          f"(max diff {en['max_abs_diff_eV_per_atom']:.1e} eV/atom) |")
+    print(
+        f"| energy (CHGNet batched vs per-structure ASE calculator) | {en['crystals']} crystals | "
+        f"{en['batched_s']:.1f} s vs {en['ase_s']:.1f} s | **{en['speedup']:.1f}x** "
+        f"(max diff {en['max_abs_diff_eV_per_atom']:.1e} eV/atom) |"
+    )
     dng = bench_dng(mix, dng_model(args.model))
     per_metric = ", ".join(f"{k} {v:.2f} s" for k, v in dng["metric_seconds"].items())
-    print(f"| full DNG reward | {dng['crystals']} crystals | {dng['seconds']:.1f} s | "
-          f"**{dng['ms_per_crystal']:.0f} ms/crystal** ({per_metric}) |")
+    print(
+        f"| full DNG reward | {dng['crystals']} crystals | {dng['seconds']:.1f} s | "
+        f"**{dng['ms_per_crystal']:.0f} ms/crystal** ({per_metric}) |"
+    )
     mae = bench_formation_mae()
-    print(f"| CHGNet vs DFT formation energy (bundled MP-20, all splits) | {mae['crystals']}/{mae['of']} crystals | "
-          f"MAE {mae['mae']:.3f} eV/atom, median {mae['median']:.3f}, r = {mae['pearson_r']:.3f} | |")
+    print(
+        f"| CHGNet vs DFT formation energy (bundled MP-20, all splits) | {mae['crystals']}/{mae['of']} crystals | "
+        f"MAE {mae['mae']:.3f} eV/atom, median {mae['median']:.3f}, r = {mae['pearson_r']:.3f} | |"
+    )
 
 
 if __name__ == "__main__":

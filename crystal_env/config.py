@@ -25,8 +25,6 @@ def load_config(group: str, name: str) -> dict[str, Any]:
     """The resolved YAML ``configs/<group>/<name>.yaml`` as a dict; unknown names list the valid ones."""
     path = Path(CONFIG_DIR) / group / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(
-            f"Unknown {group} config {name!r}; valid: {config_names(group)} (in {CONFIG_DIR / group})"
-        )
+        raise ValueError(f"Unknown {group} config {name!r}; valid: {config_names(group)} (in {CONFIG_DIR / group})")
     cfg = OmegaConf.load(path)
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -53,14 +53,10 @@ class CrystalDiffusionEnv(EnvBase):
         self.num_steps = num_steps
         self.max_atoms = max_atoms if max_atoms is not None else model.max_atoms
         if not 1 <= self.max_atoms <= model.max_atoms:
-            raise ValueError(
-                f"max_atoms must be in [1, {model.max_atoms}] for this model, got {self.max_atoms}"
-            )
+            raise ValueError(f"max_atoms must be in [1, {model.max_atoms}] for this model, got {self.max_atoms}")
         self.component_names = component_names(reward_fn)
         self.rng = torch.Generator()
-        self.rng.manual_seed(
-            int(seed) if seed is not None else int(torch.empty((), dtype=torch.int64).random_())
-        )
+        self.rng.manual_seed(int(seed) if seed is not None else int(torch.empty((), dtype=torch.int64).random_()))
         self.num_invalid_actions = 0
         self.rng_state_at_last_reset = self.rng.get_state()
         self._make_specs()
@@ -130,9 +126,7 @@ class CrystalDiffusionEnv(EnvBase):
             device=self.device,
         )
 
-    def _reset(
-        self, tensordict: TensorDictBase | None = None, seed: int | None = None, **kwargs
-    ) -> TensorDictBase:
+    def _reset(self, tensordict: TensorDictBase | None = None, seed: int | None = None, **kwargs) -> TensorDictBase:
         if seed is not None:
             self.set_seed(seed)
         # the generator state this reset starts from: restoring it and resetting again redraws the

@@ -101,9 +101,7 @@ class RewardComponent:
             raw = torch.where(failed, torch.full_like(raw, fill), raw)
         return raw, failed
 
-    def __call__(
-        self, structures: Sequence[Structure | None], reference: ReferenceSet | None = None
-    ) -> torch.Tensor:
+    def __call__(self, structures: Sequence[Structure | None], reference: ReferenceSet | None = None) -> torch.Tensor:
         """Raw per-crystal values of this component alone (e.g. for evaluation)."""
         from rewards.metrics import RewardBatch
 

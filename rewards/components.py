@@ -52,12 +52,24 @@ class Energy(RewardComponent):
     worst = -1.0
 
     def __init__(
-        self, mlip: str = "chgnet", model: str | None = None, relax_steps: int = 0, fmax: float = 0.1,
-        batch_size: int = 16, device: str = "cpu", **kwargs: Any,
+        self,
+        mlip: str = "chgnet",
+        model: str | None = None,
+        relax_steps: int = 0,
+        fmax: float = 0.1,
+        batch_size: int = 16,
+        device: str = "cpu",
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.mlip_params = dict(mlip=mlip, model=None if model is None else str(model), relax_steps=int(relax_steps),
-                                fmax=float(fmax), batch_size=int(batch_size), device=device)
+        self.mlip_params = dict(
+            mlip=mlip,
+            model=None if model is None else str(model),
+            relax_steps=int(relax_steps),
+            fmax=float(fmax),
+            batch_size=int(batch_size),
+            device=device,
+        )
 
     def metric_params(self, metric: str) -> dict:
         return self.mlip_params
@@ -109,8 +121,12 @@ class Predictor(RewardComponent):
     required_metrics = ("property_prediction",)
 
     def __init__(
-        self, checkpoint: str | Path, target_value: float | None = None, clip_min: float | None = None,
-        clip_max: float | None = None, **kwargs: Any,
+        self,
+        checkpoint: str | Path,
+        target_value: float | None = None,
+        clip_min: float | None = None,
+        clip_max: float | None = None,
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.checkpoint = str(checkpoint)

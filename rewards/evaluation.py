@@ -53,22 +53,26 @@ def evaluate_structures(
     finite = np.isfinite(e_hull)
     metastable = finite & (e_hull <= METASTABLE)
     stable = finite & (e_hull <= STABLE)
-    frame = pd.DataFrame({
-        "formula": [s.composition.reduced_formula if s is not None else "" for s in structures],
-        "num_atoms": [len(s) if s is not None else 0 for s in structures],
-        "valid": valid,
-        "problem": [p or "" for p in batch.problems],
-        "smact_valid": [is_smact_valid(s) for s in structures],
-        "unique": unique & valid,
-        "novel": novel & valid,
-        "e_above_hull": e_hull,
-        "metastable": metastable,
-        "stable": stable,
-        "sun": stable & unique & novel & valid,
-        "msun": metastable & unique & novel & valid,
-    })
-    summary = {col: float(frame[col].mean()) for col in
-               ("valid", "smact_valid", "unique", "novel", "metastable", "stable", "sun", "msun")}
+    frame = pd.DataFrame(
+        {
+            "formula": [s.composition.reduced_formula if s is not None else "" for s in structures],
+            "num_atoms": [len(s) if s is not None else 0 for s in structures],
+            "valid": valid,
+            "problem": [p or "" for p in batch.problems],
+            "smact_valid": [is_smact_valid(s) for s in structures],
+            "unique": unique & valid,
+            "novel": novel & valid,
+            "e_above_hull": e_hull,
+            "metastable": metastable,
+            "stable": stable,
+            "sun": stable & unique & novel & valid,
+            "msun": metastable & unique & novel & valid,
+        }
+    )
+    summary = {
+        col: float(frame[col].mean())
+        for col in ("valid", "smact_valid", "unique", "novel", "metastable", "stable", "sun", "msun")
+    }
     summary["mean_e_above_hull"] = float(np.nanmean(e_hull)) if finite.any() else float("nan")
     summary["n"] = len(structures)
     vae = get_model(model)

@@ -96,9 +96,7 @@ class FormationEnergyHull:
 
     def e_above_hull(self, composition: Composition, energy_per_atom: float) -> float:
         """Energy above the hull of an MP2020-compatible total energy per atom."""
-        return self.e_above_hull_from_formation(
-            composition, formation_energy_per_atom(composition, energy_per_atom)
-        )
+        return self.e_above_hull_from_formation(composition, formation_energy_per_atom(composition, energy_per_atom))
 
 
 class PhaseDiagramHull:
@@ -129,4 +127,3 @@ def load_phase_diagram(path: str | Path) -> PhaseDiagramHull:
     if not isinstance(diagram, PhaseDiagram | PatchedPhaseDiagram):
         raise TypeError(f"{path} holds a {type(diagram).__name__}, not a (Patched)PhaseDiagram")
     return PhaseDiagramHull(diagram)
-

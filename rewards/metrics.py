@@ -97,8 +97,13 @@ def _novel(batch: RewardBatch) -> np.ndarray:
 
 @register_metric("mlip_energy")
 def _mlip_energy(
-    batch: RewardBatch, mlip: str = "chgnet", model: str | None = None, relax_steps: int = 0,
-    fmax: float = 0.1, batch_size: int = 16, device: str = "cpu",
+    batch: RewardBatch,
+    mlip: str = "chgnet",
+    model: str | None = None,
+    relax_steps: int = 0,
+    fmax: float = 0.1,
+    batch_size: int = 16,
+    device: str = "cpu",
 ) -> np.ndarray:
     """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable."""
     backend = get_mlip(mlip, model, device)

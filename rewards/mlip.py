@@ -175,7 +175,9 @@ class MACEBackend(MLIPBackend):
                 graphs = [
                     mace_data.AtomicData.from_config(
                         mace_data.config_from_atoms(AseAtomsAdaptor.get_atoms(s)),
-                        z_table=self.z_table, cutoff=self.r_max, heads=self.heads,
+                        z_table=self.z_table,
+                        cutoff=self.r_max,
+                        heads=self.heads,
                     )
                     for s in structures
                 ]

@@ -111,7 +111,9 @@ def naive_first_match(query: Structure, candidates: Sequence[Structure], matcher
 
 
 def unique_flags(
-    structures: Sequence[Structure | None], scale_free_amds: np.ndarray, matcher: StructureMatcher,
+    structures: Sequence[Structure | None],
+    scale_free_amds: np.ndarray,
+    matcher: StructureMatcher,
     threshold: float | None = PREFILTER_THRESHOLD,
 ) -> np.ndarray:
     """True where no earlier crystal of the batch matches (``None`` entries are never unique)."""
@@ -123,8 +125,9 @@ def unique_flags(
             continue
         earlier = seen.setdefault(s.composition.reduced_formula, [])
         if earlier:
-            hit = first_match(reduced[i], scale_free_amds[i], reduced, earlier, scale_free_amds[earlier], matcher,
-                              threshold)
+            hit = first_match(
+                reduced[i], scale_free_amds[i], reduced, earlier, scale_free_amds[earlier], matcher, threshold
+            )
             out[i] = hit is None
         else:
             out[i] = True
@@ -133,7 +136,10 @@ def unique_flags(
 
 
 def novel_flags(
-    structures: Sequence[Structure | None], scale_free_amds: np.ndarray, reference, matcher: StructureMatcher,
+    structures: Sequence[Structure | None],
+    scale_free_amds: np.ndarray,
+    reference,
+    matcher: StructureMatcher,
     threshold: float | None = PREFILTER_THRESHOLD,
 ) -> np.ndarray:
     """True where no reference crystal matches (``reference`` is a :class:`rewards.ReferenceSet`)."""
@@ -143,7 +149,17 @@ def novel_flags(
         if s is None:
             continue
         idx = reference.by_formula.get(s.composition.reduced_formula, [])
-        out[i] = not idx or first_match(
-            reduced[i], scale_free_amds[i], reference.reduced, idx, reference.scale_free_amds[idx], matcher, threshold
-        ) is None
+        out[i] = (
+            not idx
+            or first_match(
+                reduced[i],
+                scale_free_amds[i],
+                reference.reduced,
+                idx,
+                reference.scale_free_amds[idx],
+                matcher,
+                threshold,
+            )
+            is None
+        )
     return out

@@ -80,9 +80,14 @@ class PropertyPredictor:
         buf = io.BytesIO()
         torch.save(
             {
-                "format": PREDICTOR_FORMAT, "model": self.model_name, "target": self.target,
-                "mean": self.mean, "std": self.std, "head_config": self.head.config,
-                "head_state": self.head.state_dict(), "meta": self.meta,
+                "format": PREDICTOR_FORMAT,
+                "model": self.model_name,
+                "target": self.target,
+                "mean": self.mean,
+                "std": self.std,
+                "head_config": self.head.config,
+                "head_state": self.head.state_dict(),
+                "meta": self.meta,
             },
             buf,
         )
@@ -118,9 +123,17 @@ def _property_prediction(batch: RewardBatch, checkpoint: str) -> torch.Tensor:
 
 
 def train_predictor(
-    model: str = "mp20_tiny", dataset: str = "mp20_sample", target: str = "band_gap", max_atoms: int = 20,
-    hidden: int = 64, layers: int = 2, dropout: float = 0.1, epochs: int = 2000, lr: float = 1e-3,
-    weight_decay: float = 1e-4, seed: int = 0,
+    model: str = "mp20_tiny",
+    dataset: str = "mp20_sample",
+    target: str = "band_gap",
+    max_atoms: int = 20,
+    hidden: int = 64,
+    layers: int = 2,
+    dropout: float = 0.1,
+    epochs: int = 2000,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
 ) -> tuple[PropertyPredictor, dict[str, float]]:
     """Fit a head on the frozen VAE's pooled latents of the train split (target standardised with
     the train mean/std); keep the weights of the best validation MAE. Returns the predictor and
@@ -159,9 +172,16 @@ def train_predictor(
     with torch.no_grad():
         test_mae = float((head(x_te) * std + mean - y_te).abs().mean())
     metrics = {
-        "val_mae": best[0], "baseline_val_mae": float((y_va - mean).abs().mean()),
-        "test_mae": test_mae, "baseline_test_mae": float((y_te - mean).abs().mean()), "best_epoch": best[1],
-        "train_size": len(y_tr), "val_size": len(y_va), "test_size": len(y_te), "mean": mean, "std": std,
+        "val_mae": best[0],
+        "baseline_val_mae": float((y_va - mean).abs().mean()),
+        "test_mae": test_mae,
+        "baseline_test_mae": float((y_te - mean).abs().mean()),
+        "best_epoch": best[1],
+        "train_size": len(y_tr),
+        "val_size": len(y_va),
+        "test_size": len(y_te),
+        "mean": mean,
+        "std": std,
     }
     meta = {"dataset": dataset, "metrics": metrics}
     return PropertyPredictor(str(model), head.eval(), target, mean, std, meta), metrics

@@ -150,8 +150,12 @@ def load_reference(
 
 @lru_cache(maxsize=4)
 def _load_reference(
-    dataset: str, novelty_splits: tuple[str, ...], hull_splits: tuple[str, ...], phase_diagram: str | None,
-    max_atoms: int, max_features: int,
+    dataset: str,
+    novelty_splits: tuple[str, ...],
+    hull_splits: tuple[str, ...],
+    phase_diagram: str | None,
+    max_atoms: int,
+    max_features: int,
 ) -> ReferenceSet:
     structures = [s for split in novelty_splits for s in load_dataset(dataset, split, max_atoms=max_atoms).structures]
     hull = load_phase_diagram(phase_diagram) if phase_diagram else dataset_hull(dataset, hull_splits, max_atoms)

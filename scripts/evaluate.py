@@ -27,9 +27,16 @@ def plot(frame, structures, reference_dataset: str, out: Path) -> None:
     ref = load_dataset(reference_dataset, "train")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bins = np.linspace(-0.2, 3.0, 33)
-    ax.hist(np.clip(frame["e_above_hull"].dropna(), -0.2, 3.0), bins=bins, alpha=0.6, density=True, label="generated (MLIP)")
-    ax.hist(np.clip(ref.property_values("e_above_hull"), -0.2, 3.0), bins=bins, alpha=0.6, density=True,
-            label=f"{reference_dataset} (DFT)")
+    ax.hist(
+        np.clip(frame["e_above_hull"].dropna(), -0.2, 3.0), bins=bins, alpha=0.6, density=True, label="generated (MLIP)"
+    )
+    ax.hist(
+        np.clip(ref.property_values("e_above_hull"), -0.2, 3.0),
+        bins=bins,
+        alpha=0.6,
+        density=True,
+        label=f"{reference_dataset} (DFT)",
+    )
     ax.set_xlabel("energy above hull (eV/atom)")
     ax.legend()
     fig.tight_layout()

@@ -10,9 +10,7 @@ from crystal_env.sampling import generate, write_samples
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument(
-        "--model", default="mp20_tiny", help="registered name or checkpoint path (base or fine-tuned)"
-    )
+    p.add_argument("--model", default="mp20_tiny", help="registered name or checkpoint path (base or fine-tuned)")
     p.add_argument("--num", type=int, default=100, help="number of crystals")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])

@@ -22,9 +22,11 @@ def main(cfg: DictConfig) -> None:
     out = hydra.utils.to_absolute_path(c["out"])
     predictor.save(out)
     print(json.dumps(metrics, indent=2))
-    print(f"{c['target']}: MAE validation {metrics['val_mae']:.3f} (baseline {metrics['baseline_val_mae']:.3f}), "
-          f"test {metrics['test_mae']:.3f} (baseline {metrics['baseline_test_mae']:.3f}; baseline = predict the "
-          f"train mean); checkpoint: {out}")
+    print(
+        f"{c['target']}: MAE validation {metrics['val_mae']:.3f} (baseline {metrics['baseline_val_mae']:.3f}), "
+        f"test {metrics['test_mae']:.3f} (baseline {metrics['baseline_test_mae']:.3f}; baseline = predict the "
+        f"train mean); checkpoint: {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,5 +53,6 @@ class NaNForSodium(RewardComponent):
     """1 per crystal, but NaN for crystals containing Na (a component failing on some crystals)."""
 
     def compute(self, batch) -> torch.Tensor:
-        return torch.tensor([float("nan") if s is not None and "Na" in s.composition else 1.0
-                             for s in batch.structures])
+        return torch.tensor(
+            [float("nan") if s is not None and "Na" in s.composition else 1.0 for s in batch.structures]
+        )

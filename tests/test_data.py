@@ -59,9 +59,7 @@ def test_properties_are_kept_and_structures_niggli_reduced(messy_csv):
     ds = load_crystal_csv(path, use_cache=False)
     rec = ds[0]
     assert rec.properties["band_gap"] == pytest.approx(frame["band_gap"].iloc[0])
-    assert rec.properties["formation_energy_per_atom"] == pytest.approx(
-        frame["formation_energy_per_atom"].iloc[0]
-    )
+    assert rec.properties["formation_energy_per_atom"] == pytest.approx(frame["formation_energy_per_atom"].iloc[0])
     assert "material_id" not in rec.properties and "cif" not in rec.properties
     reduced = rec.structure.get_reduced_structure()
     np.testing.assert_allclose(rec.structure.lattice.abc, reduced.lattice.abc, atol=1e-6)

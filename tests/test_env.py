@@ -66,9 +66,7 @@ def test_seed_reproduces_trajectories(tiny_model):
     env.set_seed(7)
     b = env.rollout(10, policy)
     torch.testing.assert_close(a["latent"][:, 0], b["latent"][:, 0])
-    assert [s.as_dict() for s in a[:, -1]["next", "crystals"]] == [
-        s.as_dict() for s in b[:, -1]["next", "crystals"]
-    ]
+    assert [s.as_dict() for s in a[:, -1]["next", "crystals"]] == [s.as_dict() for s in b[:, -1]["next", "crystals"]]
     env.set_seed(8)
     c = env.rollout(10, policy)
     assert not torch.equal(a["latent"][:, 0], c["latent"][:, 0])

@@ -60,8 +60,13 @@ def test_evaluate_script_end_to_end(tmp_path):
         s.to(filename=str(tmp_path / f"{i}.cif"))
     (tmp_path / "broken.cif").write_text("not a cif")
     assert len(read_structures(tmp_path)) == 5
-    out = subprocess.run([sys.executable, "scripts/evaluate.py", str(tmp_path), "--out", str(tmp_path / "eval")],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", str(tmp_path), "--out", str(tmp_path / "eval")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["n"] == 5 and summary["valid"] == pytest.approx(0.8) and summary["novel"] == pytest.approx(0.8)

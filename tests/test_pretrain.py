@@ -28,9 +28,7 @@ def test_pretrain_vae_then_ldm_gives_a_loadable_pair(tmp_path):
     model = load_model(ldm_path)
     assert model.latent_dim == 4 and model.max_atoms == 20
     assert model.num_atoms_counts.sum() == 243
-    torch.testing.assert_close(
-        model.vae.state_dict()["to_latent.weight"], state["vae_state"]["to_latent.weight"]
-    )
+    torch.testing.assert_close(model.vae.state_dict()["to_latent.weight"], state["vae_state"]["to_latent.weight"])
     assert len(model.sample(3, generator=torch.Generator().manual_seed(0))) == 3
 
 

@@ -74,10 +74,13 @@ def test_mmd_contributions_match_brute_force():
         m, n = len(x), len(ref)
         kxx = poly_kernel(x.double(), x.double())
         krr = poly_kernel(ref.double(), ref.double())
-        return ((kxx.sum() - kxx.trace()) / (m * (m - 1)) + (krr.sum() - krr.trace()) / (n * (n - 1))
-                - 2 * poly_kernel(x.double(), ref.double()).mean())
+        return (
+            (kxx.sum() - kxx.trace()) / (m * (m - 1))
+            + (krr.sum() - krr.trace()) / (n * (n - 1))
+            - 2 * poly_kernel(x.double(), ref.double()).mean()
+        )
 
-    expected = torch.stack([mmd(torch.cat([gen[:i], gen[i + 1:]])) - mmd(gen) for i in range(6)]).float()
+    expected = torch.stack([mmd(torch.cat([gen[:i], gen[i + 1 :]])) - mmd(gen) for i in range(6)]).float()
     torch.testing.assert_close(mmd_contributions(gen, ref), expected, rtol=1e-4, atol=1e-6)
     assert not mmd_contributions(gen[:2], ref).any()  # too few samples: no signal
 
@@ -94,8 +97,10 @@ def test_diversity_components_on_crystals(tiny_model, small_crystals):
     reference = ReferenceSet(ref, use_disk_cache=False)
     structures = [*new[:4], new[0].copy(), None]
     reward = CompositeReward(
-        [StructureDiversity(model=tiny_model, weight=0.1, normalize_fn="norm"),
-         CompositionDiversity(model=tiny_model, normalize_fn="norm")],
+        [
+            StructureDiversity(model=tiny_model, weight=0.1, normalize_fn="norm"),
+            CompositionDiversity(model=tiny_model, normalize_fn="norm"),
+        ],
         reference=reference,
     )
     out = reward(structures)

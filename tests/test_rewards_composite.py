@@ -63,7 +63,8 @@ def test_composite_weights_normalisation_and_outputs(tiny_reference):
     structures = [rock_salt(), rock_salt(4.0, "K", "Br"), supercell]
     reward = CompositeReward(
         [ConstantReward(2.0, weight=0.5), SquaredAtoms(weight=2.0, normalize_fn="norm")],
-        normalize_fn="std", reference=tiny_reference,
+        normalize_fn="std",
+        reference=tiny_reference,
     )
     out = reward(structures)
     assert reward.component_names == ["constant", "squared_atoms"]

@@ -103,8 +103,9 @@ def test_chgnet_formation_energy_matches_dft(bundled_reference):
 
     rows = [r for r in load_dataset("mp20_sample", "test") if len(r.structure) <= 8][:24]
     energies = get_mlip("chgnet").energies([r.structure for r in rows])
-    pred = np.array([formation_energy_per_atom(r.structure.composition, e)
-                     for r, e in zip(rows, energies, strict=True)])
+    pred = np.array(
+        [formation_energy_per_atom(r.structure.composition, e) for r, e in zip(rows, energies, strict=True)]
+    )
     dft = np.array([r.properties["formation_energy_per_atom"] for r in rows])
     ok = np.isfinite(pred)
     mae = np.abs(pred[ok] - dft[ok]).mean()
@@ -123,12 +124,23 @@ def _tiny_mace(path, zs=(8, 11, 17, 19, 35)):
     try:
         torch.manual_seed(0)
         model = modules.ScaleShiftMACE(
-            r_max=4.0, num_bessel=4, num_polynomial_cutoff=5, max_ell=1,
+            r_max=4.0,
+            num_bessel=4,
+            num_polynomial_cutoff=5,
+            max_ell=1,
             interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
             interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            num_interactions=1, num_elements=len(zs), hidden_irreps=o3.Irreps("8x0e"), MLP_irreps=o3.Irreps("4x0e"),
-            gate=torch.nn.functional.silu, atomic_energies=np.linspace(-3.0, -1.0, len(zs)), avg_num_neighbors=8.0,
-            atomic_numbers=list(zs), correlation=2, atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+            num_interactions=1,
+            num_elements=len(zs),
+            hidden_irreps=o3.Irreps("8x0e"),
+            MLP_irreps=o3.Irreps("4x0e"),
+            gate=torch.nn.functional.silu,
+            atomic_energies=np.linspace(-3.0, -1.0, len(zs)),
+            avg_num_neighbors=8.0,
+            atomic_numbers=list(zs),
+            correlation=2,
+            atomic_inter_scale=1.0,
+            atomic_inter_shift=0.0,
         )
     finally:
         torch.set_default_dtype(previous)

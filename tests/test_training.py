@@ -22,8 +22,14 @@ def config(run_dir, *overrides):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-TINY = ["env.num_steps=4", "env.batch_size=8", "env.group_size=4", "trainer.val_batch_size=8",
-        "trainer.val_every=2", "trainer.checkpoint_every=2"]
+TINY = [
+    "env.num_steps=4",
+    "env.batch_size=8",
+    "env.group_size=4",
+    "trainer.val_batch_size=8",
+    "trainer.val_every=2",
+    "trainer.checkpoint_every=2",
+]
 
 
 def val_density(history):
@@ -33,8 +39,17 @@ def val_density(history):
 @pytest.mark.parametrize("agent", ["grpo", "reinforce"])
 def test_policy_gradient_raises_atomic_density(agent, tmp_path):
     """The learning check: validation density up by >= 20 % in a few CPU minutes, KL finite."""
-    history = run_training(config(tmp_path, "reward=atomic_density", f"agent={agent}", "trainer.max_steps=40",
-                                  "trainer.val_every=40", "trainer.checkpoint_every=40", "trainer.val_batch_size=64"))
+    history = run_training(
+        config(
+            tmp_path,
+            "reward=atomic_density",
+            f"agent={agent}",
+            "trainer.max_steps=40",
+            "trainer.val_every=40",
+            "trainer.checkpoint_every=40",
+            "trainer.val_batch_size=64",
+        )
+    )
     before, after = val_density(history)
     kl = [h["train/kl_div"] for h in history if "train/kl_div" in h]
     assert all(torch.isfinite(torch.tensor(kl)))
@@ -91,17 +106,31 @@ def test_nan_losses_stop_the_run_with_a_checkpoint(tmp_path, monkeypatch):
 
 
 def test_unknown_config_names_list_the_valid_ones(tmp_path):
-    out = subprocess.run([sys.executable, "scripts/train.py", "agent=nope", f"run_dir={tmp_path}"], cwd=REPO,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "scripts/train.py", "agent=nope", f"run_dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode != 0
     assert "grpo" in out.stderr and "reinforce" in out.stderr
 
 
 def test_torchrun_data_parallel_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "scripts/train.py", "reward=atomic_density", f"run_dir={tmp_path}", "trainer.max_steps=2",
-           "trainer.progress=false", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "scripts/train.py",
+        "reward=atomic_density",
+        f"run_dir={tmp_path}",
+        "trainer.max_steps=2",
+        "trainer.progress=false",
+        *TINY,
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)

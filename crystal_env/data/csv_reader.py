@@ -160,9 +160,7 @@ def load_crystal_csv(
         frame = pd.read_csv(path, keep_default_na=True)
         missing = {"material_id", "cif"} - set(frame.columns)
         if missing:
-            raise ValueError(
-                f"{path} lacks required column(s) {sorted(missing)}; found {list(frame.columns)}"
-            )
+            raise ValueError(f"{path} lacks required column(s) {sorted(missing)}; found {list(frame.columns)}")
         props = list(properties) if properties is not None else _detect_property_columns(frame)
         unknown = [p for p in props if p not in frame.columns]
         if unknown:
@@ -172,7 +170,5 @@ def load_crystal_csv(
             atomic_write_bytes(cache_file, pickle.dumps((rows, skipped)))
     if skipped:
         log.warning("Skipped %d bad row(s) of %s: %s", sum(skipped.values()), path.name, dict(skipped))
-    records = [
-        CrystalRecord(mid, Structure(Lattice(lat), z, frac), props) for mid, lat, z, frac, props in rows
-    ]
+    records = [CrystalRecord(mid, Structure(Lattice(lat), z, frac), props) for mid, lat, z, frac, props in rows]
     return CrystalDataset(records=records, source=str(path), skipped=Counter(skipped))

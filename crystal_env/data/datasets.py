@@ -51,9 +51,7 @@ def dataset_path(name: str, split: str) -> Path:
     )
 
 
-def load_dataset(
-    name: str = "mp20_sample", split: str = "train", max_atoms: int = 20, **kwargs
-) -> CrystalDataset:
+def load_dataset(name: str = "mp20_sample", split: str = "train", max_atoms: int = 20, **kwargs) -> CrystalDataset:
     """Load a named dataset split with :func:`load_crystal_csv`."""
     path = dataset_path(name, split)
     if name == "mp20":

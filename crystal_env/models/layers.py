@@ -28,9 +28,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-def transformer_encoder(
-    d_model: int, num_heads: int, num_layers: int, dropout: float
-) -> nn.TransformerEncoder:
+def transformer_encoder(d_model: int, num_heads: int, num_layers: int, dropout: float) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
         d_model, num_heads, dim_feedforward=4 * d_model, dropout=dropout, batch_first=True, norm_first=True
     )

@@ -63,9 +63,7 @@ class CrystalLDM(nn.Module):
     def max_atoms(self) -> int:
         return self.num_atoms_counts.numel() - 1
 
-    def configure_sampler(
-        self, kind: str = "ddim", num_steps: int = 50, eta: float = 1.0
-    ) -> RespacedSchedule:
+    def configure_sampler(self, kind: str = "ddim", num_steps: int = 50, eta: float = 1.0) -> RespacedSchedule:
         self.sampler = SamplerConfig(kind=kind, num_steps=num_steps, eta=eta)
         self.schedule = RespacedSchedule(self.sampler, self.alphas_cumprod.double().cpu())
         return self.schedule

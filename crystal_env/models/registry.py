@@ -30,9 +30,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     path = Path(key).expanduser()
     looks_like_path = path.suffix in {".pt", ".pth", ".ckpt"} or "/" in key or path.exists()
     if not looks_like_path:
-        raise ValueError(
-            f"Unknown model {key!r}; registered names: {registered_model_names()}, or give a path"
-        )
+        raise ValueError(f"Unknown model {key!r}; registered names: {registered_model_names()}, or give a path")
     candidates = [path / n for n in CHECKPOINT_FILE_NAMES] if path.is_dir() else [path]
     for candidate in candidates:
         if candidate.is_file():

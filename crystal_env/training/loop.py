@@ -121,9 +121,7 @@ def train_loop(
                     "state": {k: v.detach().clone() for k, v in module.state_dict().items()},
                 }
         history.append(record)
-        bar.set_postfix(
-            loss=f"{sums.get('loss', float('nan')):.4f}", val=f"{record.get('val/loss', float('nan')):.4f}"
-        )
+        bar.set_postfix(loss=f"{sums.get('loss', float('nan')):.4f}", val=f"{record.get('val/loss', float('nan')):.4f}")
         if (epoch + 1) % cfg.checkpoint_every == 0:
             save(epoch + 1)
     save(cfg.epochs)

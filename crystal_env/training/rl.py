@@ -34,8 +34,11 @@ def make_loggers(cfg: dict[str, Any], run_dir: Path) -> list[Logger]:
         offline = mode == "offline" or (mode == "auto" and not _wandb_reachable())
         if offline:
             os.environ.setdefault("WANDB_MODE", "offline")
-        loggers.append(WandbLogger(exp_name=run_dir.name, offline=offline, save_dir=str(run_dir),
-                                   project=cfg.get("project", "crystal-rl")))
+        loggers.append(
+            WandbLogger(
+                exp_name=run_dir.name, offline=offline, save_dir=str(run_dir), project=cfg.get("project", "crystal-rl")
+            )
+        )
     return loggers
 
 
@@ -96,19 +99,34 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
     val_env = None
     if val_batch:
         group = env_cfg["group_size"] if val_batch % env_cfg["group_size"] == 0 else 1
-        val_env = make_env({**env_cfg, "batch_size": val_batch, "group_size": group}, reward=reward_fn,
-                           seed=seed + 10_000, device=cfg.get("device", "cpu"))
+        val_env = make_env(
+            {**env_cfg, "batch_size": val_batch, "group_size": group},
+            reward=reward_fn,
+            seed=seed + 10_000,
+            device=cfg.get("device", "cpu"),
+        )
         val_env.model = env.model  # one model in memory: the policy being trained
     model = env.model
     policy_cfg = dict(cfg.get("policy", {}))
     policy = make_policy(model, **policy_cfg)
     reference = make_reference_policy(model, **policy_cfg)
-    agent = build_agent(agent_cfg, policy, reference, latent_dim=model.latent_dim, num_steps=env.num_steps,
-                        reward_normalizer=getattr(reward_fn, "normalize", None))
+    agent = build_agent(
+        agent_cfg,
+        policy,
+        reference,
+        latent_dim=model.latent_dim,
+        num_steps=env.num_steps,
+        reward_normalizer=getattr(reward_fn, "normalize", None),
+    )
     trainer = Trainer(
-        agent, env, val_env, TrainerConfig(**trainer_cfg), run_dir,
+        agent,
+        env,
+        val_env,
+        TrainerConfig(**trainer_cfg),
+        run_dir,
         loggers=make_loggers(dict(cfg.get("logger", {})), run_dir) if rank == 0 else [],
-        config=cfg, hooks=[crystal_hooks(model)],
+        config=cfg,
+        hooks=[crystal_hooks(model)],
     )
     if world > 1:
         log.info("rank %d/%d: data-parallel training, gradients all-reduced", rank, world)
