@@ -11,6 +11,7 @@ from crystal_env.paths import BUNDLED_CHECKPOINT_DIR
 
 REGISTERED_MODELS: dict[str, Path] = {
     "mp20_tiny": BUNDLED_CHECKPOINT_DIR / "mp20_tiny.pt",
+    "perov5_tiny": BUNDLED_CHECKPOINT_DIR / "perov5_tiny.pt",
 }
 CHECKPOINT_FILE_NAMES = ("model.pt", "ldm.pt")
 
