@@ -5,7 +5,8 @@
 Every agent gets the same env, reward, seed and number of reward evaluations (crystals scored during
 training = steps x crystals per step). Afterwards each agent's final crystals are evaluated the same
 way: ``--final-samples`` fresh samples of the fine-tuned model (for best_of_n: the best crystals it
-kept). Writes ``leaderboard.md``, ``leaderboard.csv`` and ``reward_vs_budget.png`` to ``--out``.
+kept), and all agents' final crystals are scored together in one reward call. Writes
+``leaderboard.md``, ``leaderboard.csv`` and ``reward_vs_budget.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,17 @@ from rewards.evaluation import evaluate_structures  # noqa: E402
 
 def compose_config(env: str, reward: str, agent: str, run_dir: Path, overrides: list[str]) -> dict:
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"env={env}", f"reward={reward}", f"agent={agent}",
-                                          f"run_dir={run_dir}", "trainer.progress=false", *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"env={env}",
+                f"reward={reward}",
+                f"agent={agent}",
+                f"run_dir={run_dir}",
+                "trainer.progress=false",
+                *overrides,
+            ],
+        )
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -49,8 +59,16 @@ def kl_to_base(run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) ->
     base = load_model(base_name)
     env_cfg = cfg["env"]
     policy_cfg = dict(cfg.get("policy", {}))
-    env = CrystalDiffusionEnv(tuned, lambda s: torch.zeros(len(s)), batch_size=num, group_size=1,
-                              num_steps=env_cfg["num_steps"], eta=env_cfg["eta"], sampler=env_cfg["sampler"], seed=seed)
+    env = CrystalDiffusionEnv(
+        tuned,
+        lambda s: torch.zeros(len(s)),
+        batch_size=num,
+        group_size=1,
+        num_steps=env_cfg["num_steps"],
+        eta=env_cfg["eta"],
+        sampler=env_cfg["sampler"],
+        seed=seed,
+    )
     base.configure_sampler(env_cfg["sampler"], env_cfg["num_steps"], env_cfg["eta"])
     traj = env.rollout(10**6, make_policy(tuned, **policy_cfg)).reshape(-1)
     ref = make_reference_policy(base, **policy_cfg)
@@ -72,14 +90,19 @@ def final_crystals(agent: str, run_dir: Path, base_name: str, cfg: dict, num: in
 def run(args: argparse.Namespace) -> pd.DataFrame:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, curves = [], {}
+    rows, curves, finals = [], {}, {}
     for agent in args.agents.split(","):
         run_dir = out / agent
         probe = compose_config(args.env, args.reward, agent, run_dir, args.override)
         crystals_per_step = probe["env"]["batch_size"]
         steps = max(1, args.budget // crystals_per_step)
-        overrides = [f"trainer.max_steps={steps}", f"trainer.val_every={steps}", f"trainer.checkpoint_every={steps}",
-                     f"seed={args.seed}", *args.override]
+        overrides = [
+            f"trainer.max_steps={steps}",
+            f"trainer.val_every={steps}",
+            f"trainer.checkpoint_every={steps}",
+            f"seed={args.seed}",
+            *args.override,
+        ]
         if agent == "best_of_n":
             overrides.append(f"agent.keep={args.final_samples}")
         cfg = compose_config(args.env, args.reward, agent, run_dir, overrides)
@@ -87,14 +110,11 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         history = run_training(cfg)
         wall = time.perf_counter() - start
         crystals = final_crystals(agent, run_dir, cfg["env"]["model"], cfg, args.final_samples, args.seed)
-        reward_fn = build_reward_fn(cfg["reward"])
-        scored = reward_fn(crystals)
+        finals[agent] = crystals
         frame, summary = evaluate_structures(crystals, model=cfg["env"]["model"])
         row = {
             "agent": agent,
             "final_val_reward": history[-1].get("val/reward", float("nan")),
-            "final_samples_reward": float(scored["total"].mean()),
-            **{f"final_{k}": float(v.mean()) for k, v in scored["raw"].items()},
             "msun": summary["msun"],
             "mean_e_above_hull": summary["mean_e_above_hull"],
             "novel": summary["novel"],
@@ -104,9 +124,23 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             "reward_calls": steps * crystals_per_step,
         }
         rows.append(row)
-        curves[agent] = ([h["step"] * crystals_per_step for h in history if "train/reward" in h],
-                         [h["train/reward"] for h in history if "train/reward" in h])
+        curves[agent] = (
+            [h["step"] * crystals_per_step for h in history if "train/reward" in h],
+            [h["train/reward"] for h in history if "train/reward" in h],
+        )
         print(row, flush=True)
+    # score every agent's final crystals in one reward call, so batch-relative normalisations
+    # (e.g. min-max "norm") put all agents on the same scale
+    reward_fn = build_reward_fn(cfg["reward"])
+    everything = [s for agent in finals for s in finals[agent]]
+    scored = reward_fn(everything)
+    start = 0
+    for row in rows:
+        n = len(finals[row["agent"]])
+        row["final_samples_reward"] = float(scored["total"][start : start + n].mean())
+        for name, values in scored["raw"].items():
+            row[f"final_{name}"] = float(values[start : start + n].mean())
+        start += n
     board = pd.DataFrame(rows).sort_values("final_samples_reward", ascending=False)
     board.to_csv(out / "leaderboard.csv", index=False)
     (out / "leaderboard.md").write_text(board.to_markdown(index=False, floatfmt=".4g") + "\n")
