@@ -135,3 +135,17 @@ def test_torchrun_data_parallel_two_cpu_processes(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["step"] == 2
+
+
+def test_wandb_logger_goes_offline_without_an_api_key(tmp_path, monkeypatch):
+    from crystal_env.training.rl import make_loggers
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    loggers = make_loggers({"backend": "wandb", "project": "crystal-rl-test", "mode": "auto"}, tmp_path)
+    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger", "WandbLogger"]
+    for lg in loggers:
+        lg.log_scalar("train/reward", 1.0, step=1)
+    loggers[1].experiment.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert (tmp_path / "logs" / "scalars" / "train" / "reward.csv").is_file()

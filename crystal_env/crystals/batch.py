@@ -40,16 +40,27 @@ def structures_to_batch(structures: Sequence[Structure], max_atoms: int | None =
         angles[i] = torch.as_tensor(s.lattice.angles, dtype=torch.float32)
     num_atoms = torch.as_tensor(sizes, dtype=torch.long)
     mask = torch.arange(n_max)[None, :] < num_atoms[:, None]
+    return make_batch(atom_types, frac, lengths, angles, mask)
+
+
+def make_batch(
+    atom_types: torch.Tensor,
+    frac_coords: torch.Tensor,
+    lengths: torch.Tensor,
+    angles: torch.Tensor,
+    mask: torch.Tensor,
+) -> TensorDict:
+    """The batch TensorDict of these tensors (``num_atoms`` derived from ``mask``)."""
     return TensorDict(
         {
             "atom_types": atom_types,
-            "frac_coords": frac,
+            "frac_coords": frac_coords,
             "lengths": lengths,
             "angles": angles,
             "mask": mask,
-            "num_atoms": num_atoms,
+            "num_atoms": mask.sum(1),
         },
-        batch_size=[bsz],
+        batch_size=[mask.shape[0]],
     )
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from crystal_env.crystals.batch import MAX_ATOMIC_NUMBER
+from crystal_env.crystals.batch import MAX_ATOMIC_NUMBER, make_batch
 from crystal_env.models.elements import element_descriptors
 from crystal_env.models.layers import masked_mean, periodic_features, transformer_encoder
 
@@ -120,17 +120,7 @@ class CrystalVAE(nn.Module):
         num_atoms = mask.sum(1)
         feats = out["lattice"] * self.lattice_std + self.lattice_mean
         lengths, angles = lattice_from_features(feats, num_atoms)
-        return TensorDict(
-            {
-                "atom_types": atom_types,
-                "frac_coords": frac,
-                "lengths": lengths,
-                "angles": angles,
-                "mask": mask,
-                "num_atoms": num_atoms,
-            },
-            batch_size=[z.shape[0]],
-        )
+        return make_batch(atom_types, frac, lengths, angles, mask)
 
     def loss(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         """Negative ELBO terms: type cross-entropy, periodic coordinate loss, lattice MSE, KL."""
