@@ -149,3 +149,38 @@ def test_wandb_logger_goes_offline_without_an_api_key(tmp_path, monkeypatch):
     loggers[1].experiment.finish()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert (tmp_path / "logs" / "scalars" / "train" / "reward.csv").is_file()
+
+
+def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    cmd = [
+        sys.executable,
+        "scripts/train.py",
+        "reward=atomic_density",
+        f"run_dir={tmp_path}",
+        "trainer.max_steps=500",
+        "trainer.checkpoint_every=1000",
+        "trainer.val_every=1000",
+        "trainer.progress=false",
+        *TINY[:3],
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    log = tmp_path / "logs" / "scalars" / "train" / "reward.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert 2 <= state["step"] < 500
+    assert len(state["history"]) == state["step"] + 1  # validation at step 0, then one record per step
