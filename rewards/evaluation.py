@@ -12,7 +12,6 @@ from pymatgen.core import Structure
 from scipy import linalg
 
 from crystal_env.crystals.validity import is_smact_valid
-from rewards.features import get_model
 from rewards.metrics import RewardBatch
 from rewards.reference import ReferenceSet, load_reference
 
@@ -75,11 +74,10 @@ def evaluate_structures(
     }
     summary["mean_e_above_hull"] = float(np.nanmean(e_hull)) if finite.any() else float("nan")
     summary["n"] = len(structures)
-    vae = get_model(model)
     for kind, key in (("structure", "vae_structure_features"), ("composition", "vae_composition_features")):
         gen = batch.metric(key, model=model)
         gen = gen[torch.isfinite(gen).all(1)]
-        ref = reference.vae_features(model if isinstance(model, str) else vae, kind)
+        ref = reference.vae_features(model, kind)
         summary[f"{kind}_diversity"] = 1.0 / (1.0 + frechet_distance(gen, ref)) if len(gen) > 1 else float("nan")
     return frame, summary
 
