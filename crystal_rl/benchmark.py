@@ -1,12 +1,14 @@
 """The environment as a benchmark for agents: equal reward-evaluation budgets, fixed seeds.
 
-``python scripts/benchmark.py --env ldm_mp20 --reward atomic_density --agents best_of_n,reinforce,grpo,ppo``
+``crystal-rl-benchmark --env ldm_mp20 --reward atomic_density --agents best_of_n,reinforce,grpo,ppo``
+(in a checkout also ``python scripts/benchmark.py``)
 
 Every agent gets the same env, reward, seed and number of reward evaluations (crystals scored during
 training = steps x crystals per step). Afterwards each agent's final crystals are evaluated the same
 way: ``--final-samples`` fresh samples of the fine-tuned model (for best_of_n: the best crystals it
 kept), and all agents' final crystals are scored together in one reward call. Writes
-``leaderboard.md``, ``leaderboard.csv`` and ``reward_vs_budget.png`` to ``--out``.
+``leaderboard.md``, ``leaderboard.csv`` and ``reward_vs_budget.png`` to ``--out``. Progress: one line
+per agent (agent, seed, steps) and the trainer's bar (step, reward, KL, elapsed and remaining time).
 """
 
 from __future__ import annotations
@@ -21,32 +23,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
 from crystal_env import load_model  # noqa: E402
-from crystal_env.config import CONFIG_DIR  # noqa: E402
 from crystal_env.factory import build_reward_fn  # noqa: E402
 from crystal_env.policy import make_policy, make_reference_policy  # noqa: E402
 from crystal_env.sampling import generate  # noqa: E402
 from crystal_env.training.rl import run_training  # noqa: E402
+from crystal_rl.common import non_negative_int, positive_int, quiet_third_party  # noqa: E402
+from crystal_rl.config import ConfigError, compose_config  # noqa: E402
 from rewards.evaluation import evaluate_structures  # noqa: E402
 
 
-def compose_config(env: str, reward: str, agent: str, run_dir: Path, overrides: list[str]) -> dict:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"env={env}",
-                f"reward={reward}",
-                f"agent={agent}",
-                f"run_dir={run_dir}",
-                "trainer.progress=false",
-                *overrides,
-            ],
-        )
-    return OmegaConf.to_container(cfg, resolve=True)
+def agent_config(env: str, reward: str, agent: str, run_dir: Path, overrides: list[str]) -> dict:
+    """The validated training config of one benchmark entry."""
+    return compose_config(
+        "train", [f"env={env}", f"reward={reward}", f"agent={agent}", f"run_dir={run_dir}", *overrides]
+    )
 
 
 @torch.no_grad()
@@ -89,29 +81,41 @@ def final_crystals(agent: str, run_dir: Path, base_name: str, cfg: dict, num: in
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, curves, finals = [], {}, {}
-    for agent in args.agents.split(","):
+    agents = args.agents.split(",")
+    configs = {}
+    for agent in agents:  # every config is composed and validated before the first run starts
         run_dir = out / agent
-        probe = compose_config(args.env, args.reward, agent, run_dir, args.override)
+        probe = agent_config(args.env, args.reward, agent, run_dir, args.override)
         crystals_per_step = probe["env"]["batch_size"]
         steps = max(1, args.budget // crystals_per_step)
         overrides = [
             f"trainer.max_steps={steps}",
             f"trainer.val_every={steps}",
             f"trainer.checkpoint_every={steps}",
+            f"trainer.progress={not args.no_progress}",
             f"seed={args.seed}",
             *args.override,
         ]
         if agent == "best_of_n":
             overrides.append(f"agent.keep={args.final_samples}")
-        cfg = compose_config(args.env, args.reward, agent, run_dir, overrides)
+        configs[agent] = (agent_config(args.env, args.reward, agent, run_dir, overrides), steps, crystals_per_step)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, curves, finals = [], {}, {}
+    for i, agent in enumerate(agents, 1):
+        cfg, steps, crystals_per_step = configs[agent]
+        run_dir = Path(cfg["run_dir"])
+        print(
+            f"[{i}/{len(agents)}] agent={agent} seed={args.seed}: {steps} steps x {crystals_per_step} crystals "
+            f"= {steps * crystals_per_step} reward evaluations",
+            flush=True,
+        )
         start = time.perf_counter()
         history = run_training(cfg)
         wall = time.perf_counter() - start
+        print(f"[{i}/{len(agents)}] agent={agent}: evaluating {args.final_samples} final crystals", flush=True)
         crystals = final_crystals(agent, run_dir, cfg["env"]["model"], cfg, args.final_samples, args.seed)
         finals[agent] = crystals
-        frame, summary = evaluate_structures(crystals, model=cfg["env"]["model"])
+        frame, summary = evaluate_structures(crystals, model=cfg["env"]["model"], progress=not args.no_progress)
         row = {
             "agent": agent,
             "final_val_reward": history[-1].get("val/reward", float("nan")),
@@ -128,7 +132,11 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             [h["step"] * crystals_per_step for h in history if "train/reward" in h],
             [h["train/reward"] for h in history if "train/reward" in h],
         )
-        print(row, flush=True)
+        print(
+            f"[{i}/{len(agents)}] agent={agent} seed={args.seed}: final val reward {row['final_val_reward']:.4g}, "
+            f"M.S.U.N. {row['msun']:.3f}, KL {row['kl_to_base']:.3g}, {wall:.0f} s",
+            flush=True,
+        )
     # score every agent's final crystals in one reward call, so batch-relative normalisations
     # (e.g. min-max "norm") put all agents on the same scale
     reward_fn = build_reward_fn(cfg["reward"])
@@ -157,17 +165,27 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     return board
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="ldm_mp20")
     p.add_argument("--reward", default="atomic_density")
     p.add_argument("--agents", default="best_of_n,reinforce,grpo,ppo")
-    p.add_argument("--budget", type=int, default=1920, help="reward evaluations (crystals scored) per agent")
-    p.add_argument("--final-samples", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=positive_int, default=1920, help="reward evaluations (crystals scored) per agent")
+    p.add_argument("--final-samples", type=positive_int, default=64)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default="runs/benchmark")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-agent lines remain)")
     p.add_argument("override", nargs="*", help="extra Hydra overrides for every agent, e.g. env.num_steps=10")
-    board = run(p.parse_args(argv))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        with quiet_third_party():
+            board = run(args)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     print(board.to_markdown(index=False, floatfmt=".4g"))
 
 

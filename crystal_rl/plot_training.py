@@ -1,4 +1,7 @@
-"""Plot training curves from a run's CSV logs: ``python scripts/plot_training.py RUN_DIR --out docs/``."""
+"""Plot training curves from a run's CSV logs: ``crystal-rl-plot-training RUN_DIR --out docs/``.
+
+In a checkout, ``python scripts/plot_training.py ...`` is the same program.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from pymatgen.core import Structure
 from scipy import linalg
+from tqdm.auto import tqdm
 
 from crystal_env.crystals.validity import is_smact_valid
 from rewards.metrics import RewardBatch
@@ -34,6 +35,7 @@ def evaluate_structures(
     reference: ReferenceSet | None = None,
     model: str = "mp20_tiny",
     mlip: str = "chgnet",
+    progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-crystal metrics and their summary.
 
@@ -41,13 +43,24 @@ def evaluate_structures(
     the set), novel (no match in the reference), energy above the reference hull (MLIP), metastable
     (≤ 0.1 eV/atom), stable (≤ 0), S.U.N. and M.S.U.N. Summary: their means, the mean e_hull of the
     crystals that have one, and structure/composition diversity as 1/(1 + Fréchet distance) between
-    the VAE features of the valid generated crystals and of the reference.
+    the VAE features of the valid generated crystals and of the reference. ``progress`` shows a bar
+    over these stages.
     """
+    bar = tqdm(total=5, disable=not progress, desc="evaluation", unit="stage", postfix="reference set")
+
+    def stage(name: str) -> None:  # the previous stage is done
+        bar.update()
+        bar.set_postfix_str(name)
+
     reference = reference or load_reference()
     batch = RewardBatch(structures, reference)
+    stage(f"{mlip} energies of {int(batch.valid.sum())} valid crystals, hull")
     e_hull = batch.metric("e_above_hull", mlip=mlip)
+    stage("uniqueness")
     unique = np.asarray(batch.metric("unique"), dtype=bool)
+    stage("novelty")
     novel = np.asarray(batch.metric("novel"), dtype=bool)
+    stage("diversity")
     valid = batch.valid.numpy()
     finite = np.isfinite(e_hull)
     metastable = finite & (e_hull <= METASTABLE)
@@ -79,6 +92,8 @@ def evaluate_structures(
         gen = gen[torch.isfinite(gen).all(1)]
         ref = reference.vae_features(model, kind)
         summary[f"{kind}_diversity"] = 1.0 / (1.0 + frechet_distance(gen, ref)) if len(gen) > 1 else float("nan")
+    bar.update()
+    bar.close()
     return frame, summary
 
 
