@@ -207,9 +207,11 @@ def _locate(target: str, key: str) -> Any:
         try:
             obj = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name is not None and not module_name.startswith(e.name):
-                raise ConfigError(f"Config key {key!r}: importing {target!r} failed: {e}") from None
-            continue
+            if e.name == module_name or module_name.startswith(f"{e.name}."):
+                continue  # this prefix is not a module; try a shorter one
+            raise ConfigError(f"Config key {key!r}: importing {module_name!r} failed: {e}") from e
+        except Exception as e:  # noqa: BLE001 - the user's module itself is broken
+            raise ConfigError(f"Config key {key!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from e
         try:
             for attr in parts[i:]:
                 obj = getattr(obj, attr)
