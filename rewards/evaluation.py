@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from pymatgen.core import Structure
 from scipy import linalg
+from tqdm.auto import tqdm
 
 from crystal_env.crystals.validity import is_smact_valid
 from rewards.metrics import RewardBatch
@@ -54,6 +55,7 @@ def evaluate_structures(
     relax_steps: int = 0,
     fmax: float = 0.1,
     smact_set: str = "smact14",
+    progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-crystal metrics and their summary (conventions in :data:`CONVENTIONS`).
 
@@ -62,10 +64,18 @@ def evaluate_structures(
     FIRE relaxation), metastable (≤ 0.1 eV/atom), stable (≤ 0), S.U.N. and M.S.U.N. Summary: their
     means, the mean and median E_hull of the crystals that have one, and structure/composition
     diversity as 1/(1 + Fréchet distance) between the VAE features of the valid generated crystals
-    and of the reference.
+    and of the reference. ``progress`` shows a bar over these stages.
     """
+    variants = [("", 0)] + ([("_relaxed", relax_steps)] if relax_steps > 0 else [])
+    bar = tqdm(total=3 + len(variants), disable=not progress, desc="evaluation", unit="stage", postfix="reference")
+
+    def stage(name: str) -> None:  # the previous stage is done
+        bar.update()
+        bar.set_postfix_str(name)
+
     reference = reference or load_reference()
     batch = RewardBatch(structures, reference)
+    stage("uniqueness, novelty")
     unique = np.asarray(batch.metric("unique"), dtype=bool)
     novel = np.asarray(batch.metric("novel"), dtype=bool)
     valid = batch.valid.numpy()
@@ -81,8 +91,9 @@ def evaluate_structures(
         "hull_covered": np.asarray(batch.metric("hull_covered"), dtype=bool),
     }
     summary: dict[str, float] = {}
-    variants = [("", 0)] + ([("_relaxed", relax_steps)] if relax_steps > 0 else [])
     for suffix, steps in variants:
+        relaxing = f", {steps} FIRE steps" if steps else ""
+        stage(f"{mlip} energies of {int(batch.valid.sum())} valid crystals{relaxing}")
         e_hull = batch.metric("e_above_hull", mlip=mlip, relax_steps=steps, fmax=fmax)
         finite = np.isfinite(e_hull)
         columns[f"e_above_hull{suffix}"] = e_hull
@@ -99,11 +110,14 @@ def evaluate_structures(
     summary["hull_coverage"] = float(frame["hull_covered"][valid].mean()) if valid.any() else float("nan")
     summary["n"] = len(structures)
     summary["distinct_formulas"] = int(frame["formula"][valid].nunique())
+    stage("diversity")
     for kind, key in (("structure", "vae_structure_features"), ("composition", "vae_composition_features")):
         gen = batch.metric(key, model=model)
         gen = gen[torch.isfinite(gen).all(1)]
         ref = reference.vae_features(model, kind)
         summary[f"{kind}_diversity"] = 1.0 / (1.0 + frechet_distance(gen, ref)) if len(gen) > 1 else float("nan")
+    bar.update()
+    bar.close()
     return frame, summary
 
 

@@ -1,4 +1,4 @@
-"""Build rewards from ``configs/reward/<name>.yaml`` (or any config) with Hydra's ``_target_``."""
+"""Build rewards from ``crystal_rl/configs/reward/<name>.yaml`` (or any config) with Hydra's ``_target_``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "reward"
+from crystal_env.config import CONFIG_DIR as _CONFIG_ROOT
+
+CONFIG_DIR = _CONFIG_ROOT / "reward"
 
 
 def reward_names() -> list[str]:
-    """Names of the reward configs in ``configs/reward``."""
+    """Names of the bundled reward configs (``crystal_rl/configs/reward``)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
