@@ -83,7 +83,7 @@ TINY = {
 FULL = {
     "train": [],
     "num_samples": 500,
-    "relax_steps": 50,
+    "relax_steps": 20,
     "benchmark": {"agents": "best_of_n,reinforce,grpo,ppo", "budget": 1280, "final_samples": 64},
     "benchmark_overrides": [],
 }
@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
         "--experiments", default=",".join(EXPERIMENTS), help=f"comma-separated subset of {list(EXPERIMENTS)}"
     )
     p.add_argument(
-        "--relax-steps", type=non_negative_int, default=None, help="FIRE steps of the relaxed evaluation (default 50)"
+        "--relax-steps", type=non_negative_int, default=None, help="FIRE steps of the relaxed evaluation (default 20)"
     )
     p.add_argument("--skip-benchmark", action="store_true")
     p.add_argument("--render", action="store_true", help="only re-render results.md from --out/results.json")
