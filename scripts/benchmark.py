@@ -12,6 +12,7 @@ kept), and all agents' final crystals are scored together in one reward call. Wr
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from agents.checkpoint import load_checkpoint  # noqa: E402
 from crystal_env import load_model  # noqa: E402
 from crystal_env.config import CONFIG_DIR  # noqa: E402
 from crystal_env.factory import build_reward_fn  # noqa: E402
@@ -79,7 +81,7 @@ def kl_to_base(run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) ->
 
 def final_crystals(agent: str, run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) -> list:
     if agent == "best_of_n":
-        best = torch.load(run_dir / "checkpoint.pt", weights_only=False)["agent"]["best"]
+        best = load_checkpoint(run_dir)["agent"]["best"]
         return list(best["next", "crystals"])[:num]
     model = load_model(run_dir) if (run_dir / "model.pt").is_file() else load_model(base_name)
     env_cfg = cfg["env"]
@@ -106,6 +108,8 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         if agent == "best_of_n":
             overrides.append(f"agent.keep={args.final_samples}")
         cfg = compose_config(args.env, args.reward, agent, run_dir, overrides)
+        if (run_dir / "checkpoint.pt").is_file():  # a previous benchmark's run: this one starts afresh
+            shutil.rmtree(run_dir)
         start = time.perf_counter()
         history = run_training(cfg)
         wall = time.perf_counter() - start
