@@ -105,11 +105,11 @@ def test_resuming_a_ppo_run_rebuilds_the_saved_agent(tmp_path):
 def test_run_dir_lock_fails_fast_and_stale_locks_are_taken_over(tmp_path):
     """Issue 11: two runs with the same run_dir both ran. The second must fail naming the holder."""
     run = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import time; from agents.checkpoint import RunDirLock; lock = RunDirLock({str(run)!r}).acquire();"
-         "print('locked', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True, env=SUBPROCESS_ENV, cwd=REPO,
-    )  # fmt: skip
+    script = (
+        f"import time; from agents.checkpoint import RunDirLock; lock = RunDirLock({str(run)!r}).acquire(); "
+        "print('locked', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=SUBPROCESS_ENV)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirLockedError, match=rf"in use by another run \(pid {holder.pid}"):
