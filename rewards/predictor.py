@@ -12,7 +12,7 @@ from pymatgen.core import Structure
 from torch import nn
 
 from crystal_env.paths import atomic_write_bytes
-from rewards.features import get_model
+from rewards.features import encodable, get_model
 from rewards.metrics import RewardBatch, register_metric
 
 PREDICTOR_FORMAT = "rewards.predictor/1"
@@ -23,11 +23,11 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 def pooled_latents(model, structures: Sequence[Structure | None], chunk: int = 256) -> torch.Tensor:
     """(n, 4L + 1): mean, std, min and max over atoms of the normalised latent means, and log N.
 
-    NaN rows for ``None`` crystals and crystals larger than the model's ``max_atoms``.
+    NaN rows for ``None`` crystals and those the VAE cannot encode (:func:`rewards.features.encodable`).
     """
     dim = 4 * model.latent_dim + 1
     out = torch.full((len(structures), dim), float("nan"))
-    keep = [i for i, s in enumerate(structures) if s is not None and 0 < len(s) <= model.max_atoms]
+    keep = encodable(structures, model)
     for start in range(0, len(keep), chunk):
         idx = keep[start : start + chunk]
         z, mask = model.encode([structures[i] for i in idx])
