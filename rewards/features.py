@@ -11,7 +11,7 @@ from pymatgen.core import Structure
 
 from crystal_env import CrystalLDM, load_model
 from crystal_env.crystals.batch import MAX_ATOMIC_NUMBER
-from rewards.safety import note_failure
+from rewards.safety import note_failure, suspended
 
 FEATURE_KINDS = ("structure", "composition")
 
@@ -23,7 +23,10 @@ def _load(name_or_path: str) -> CrystalLDM:
 
 def get_model(model: str | Path | CrystalLDM = "mp20_tiny") -> CrystalLDM:
     """A VAE + LDM by registered name or path, loaded once per process (instances pass through)."""
-    return model if isinstance(model, CrystalLDM) else _load(str(model))
+    if isinstance(model, CrystalLDM):
+        return model
+    with suspended():  # loading (once per process) is not charged to the crystals being scored
+        return _load(str(model))
 
 
 def encodable(structures: Sequence[Structure | None], model: CrystalLDM) -> list[int]:

@@ -8,6 +8,7 @@ Metric values cover the whole batch (B rows); rows of invalid crystals are NaN /
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -22,6 +23,7 @@ from rewards import features, novelty, safety
 from rewards.hull import mp_reduced_formulas
 from rewards.mlip import get_mlip
 
+log = logging.getLogger(__name__)
 MetricFn = Callable[..., Any]
 METRICS: dict[str, MetricFn] = {}
 
@@ -108,8 +110,12 @@ class RewardBatch:
             self._computing.pop()
 
     def record_failures(self, label: str, failures: dict[int, str]) -> None:
-        if failures:
-            self.failures.setdefault(label, {}).update(failures)
+        """Record crystals of this batch that failed in ``label`` (index → reason)."""
+        ours = {i: r for i, r in failures.items() if 0 <= i < len(self)}
+        if len(ours) != len(failures):  # a crystal scope around a loop over some other list
+            log.warning("%s recorded failures outside this batch's %d crystals; ignored", label, len(self))
+        if ours:
+            self.failures.setdefault(label, {}).update(ours)
 
     def failed_in(self, labels: Sequence[str]) -> dict[int, str]:
         """Crystals that failed in any of ``labels`` or the metrics they used (index → reason)."""
@@ -188,7 +194,8 @@ def _mlip_energy(
     device: str = "cpu",
 ) -> np.ndarray:
     """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable."""
-    backend = get_mlip(mlip, model, device)
+    with safety.suspended():  # loading the model (once per process) is not the crystals' time
+        backend = get_mlip(mlip, model, device)
     idx = [i for i, ok in enumerate(batch.valid.tolist()) if ok]
     structures = [batch.structures[i] for i in idx]
     if relax_steps > 0:

@@ -14,6 +14,7 @@ from torch import nn
 from crystal_env.paths import atomic_write_bytes
 from rewards.features import encodable, get_model
 from rewards.metrics import RewardBatch, register_metric
+from rewards.safety import suspended
 
 PREDICTOR_FORMAT = "rewards.predictor/1"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -119,7 +120,9 @@ def get_predictor(checkpoint: str) -> PropertyPredictor:
 
 @register_metric("property_prediction")
 def _property_prediction(batch: RewardBatch, checkpoint: str) -> torch.Tensor:
-    return get_predictor(checkpoint).predict(batch.valid_structures)
+    with suspended():
+        predictor = get_predictor(checkpoint)
+    return predictor.predict(batch.valid_structures)
 
 
 def train_predictor(

@@ -35,6 +35,7 @@ from rewards.hull import (
     load_mp_formation_energies,
     load_phase_diagram,
 )
+from rewards.safety import suspended
 
 CACHE_VERSION = 3  # 3: checksummed cache files
 HULLS = ("mp", "dataset")
@@ -54,7 +55,8 @@ def structures_key(structures: Sequence[Structure]) -> str:
 def _cached(kind: str, key: str, build):
     """``build()`` memoised on disk as ``cache_dir()/rewards/<kind>-<hash>.pkl``."""
     path = cache_dir() / "rewards" / f"{kind}-{hashlib.sha256(f'{key}|{CACHE_VERSION}'.encode()).hexdigest()[:24]}.pkl"
-    return cached(path, build)  # checksummed; a damaged file is rebuilt, never trusted
+    with suspended():  # one-off preprocessing: not charged to the crystals being scored
+        return cached(path, build)  # checksummed; a damaged file is rebuilt, never trusted
 
 
 class ReferenceSet:
@@ -92,7 +94,10 @@ class ReferenceSet:
     def amds(self) -> np.ndarray:
         """(n, 100) AMD vectors of the reference crystals."""
         build = lambda: novelty.amd_vectors(self.structures)  # noqa: E731
-        return _cached("amd", self.key, build) if self.use_disk_cache else build()
+        if self.use_disk_cache:
+            return _cached("amd", self.key, build)
+        with suspended():
+            return build()
 
     @cached_property
     def scale_free_amds(self) -> np.ndarray:
@@ -120,7 +125,8 @@ class ReferenceSet:
                 disk_key = f"{self.key}|{model_hash}|{kind}|{self.max_features}"
                 self._features[mem_key] = _cached("vae", disk_key, build)
             else:
-                self._features[mem_key] = build()
+                with suspended():
+                    self._features[mem_key] = build()
         return self._features[mem_key]
 
 

@@ -28,8 +28,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +135,28 @@ class _AlarmClock:
         if expired is not None:
             raise CrystalTimeout(expired)
 
+    def pause(self) -> tuple[list[_Frame], float]:
+        self.busy = True
+        try:
+            frames, self.frames = self.frames, []
+            if frames:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            self.busy = False
+        return frames, time.monotonic()
+
+    def resume(self, frames: list[_Frame], since: float) -> None:
+        self.busy = True
+        try:
+            paused = time.monotonic() - since
+            for f in frames:
+                f.deadline += paused
+            self.frames = frames + self.frames
+            if self.frames:
+                self._arm()
+        finally:
+            self.busy = False
+
 
 _CLOCK = _AlarmClock()
 
@@ -225,6 +247,20 @@ class _CrystalScope(AbstractContextManager):
             log.debug("crystal %d failed: %s", self.i, reason)
 
 
+@contextmanager
+def suspended() -> Iterator[None]:
+    """Shared, one-off work done lazily inside a reward computation (loading a model, preprocessing
+    the reference set) runs outside any crystal's scope and budget: its time does not count."""
+    token = _ACTIVE.set(None)
+    frames, since = _CLOCK.pause() if _CLOCK.usable() else ([], 0.0)
+    try:
+        yield
+    finally:
+        if frames:
+            _CLOCK.resume(frames, since)
+        _ACTIVE.reset(token)
+
+
 def crystal_scope(i: int) -> AbstractContextManager:
     """Isolate the work on crystal ``i`` (its index in the batch) inside a metric loop::
 
@@ -287,8 +323,3 @@ def run_guarded(batch: RewardBatch, label: str, fn: Callable[[RewardBatch], Any]
             raise exc3
     batch.record_failures(label, {**failures, **culprits})
     return value
-
-
-def maybe_scope(i: int | None) -> AbstractContextManager:
-    """:func:`crystal_scope` for a crystal index, or a no-op for ``None``."""
-    return nullcontext() if i is None else crystal_scope(i)

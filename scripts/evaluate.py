@@ -2,7 +2,8 @@
 
 Input: a folder of CIFs (e.g. the output of scripts/sample.py) or a CSV with a ``cif`` column.
 Writes ``per_crystal.csv``, ``summary.json`` and PNG plots (e_hull histogram vs the reference set,
-element frequencies, number of atoms).
+element frequencies, number of atoms). Files that cannot be read or hold disordered sites or dummy
+species are skipped, counted in the summary (``skipped_files``) and listed in ``skipped.csv``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from crystal_env.data import load_dataset  # noqa: E402
-from rewards.evaluation import CONVENTIONS, evaluate_structures, read_structures  # noqa: E402
+from rewards.evaluation import CONVENTIONS, evaluate_structures, read_crystal_files  # noqa: E402
 from rewards.reference import load_reference  # noqa: E402
 
 
@@ -84,9 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smact-set", default="smact14", help="SMACT oxidation-state set (smact14, icsd24, ...)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
-    structures = read_structures(args.input)
+    files = read_crystal_files(args.input)
+    structures = files.structures
     out = Path(args.out) if args.out else Path(args.input) / "eval"
     out.mkdir(parents=True, exist_ok=True)
+    if files.skipped:
+        print(f"skipped {len(files.skipped)} file(s): {dict(Counter(files.skipped.values()))} (list in skipped.csv)")
+        lines = ["file,reason"] + [f'"{name}","{reason}"' for name, reason in files.skipped.items()]
+        (out / "skipped.csv").write_text("\n".join(lines) + "\n")
+    if not structures:
+        raise SystemExit(f"No readable crystal in {args.input}; reasons: {dict(Counter(files.skipped.values()))}")
     reference = load_reference(
         args.reference,
         novelty_splits=args.novelty_splits.split(","),
@@ -96,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     frame, summary = evaluate_structures(
         structures, reference, args.model, args.mlip, args.relax_steps, args.fmax, args.smact_set
     )
+    frame.insert(0, "file", files.names)
     frame.to_csv(out / "per_crystal.csv", index=False)
+    summary["skipped_files"] = len(files.skipped)
+    summary["skipped_reasons"] = dict(Counter(files.skipped.values()))
     settings = {k: v for k, v in vars(args).items() if k not in ("input", "out", "no_plots")}
     record = {**summary, "settings": settings, "conventions": CONVENTIONS}
     (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")

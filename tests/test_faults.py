@@ -235,3 +235,19 @@ def test_misspelled_component_target_lists_the_available_components():
         build_reward({"components": [{"_target_": "rewards.AtomicDensty"}]})
     with pytest.raises(ValueError, match="no module named 'mypkg'"):
         build_reward({"components": [{"_target_": "mypkg.rewards.MyReward"}]})
+
+
+def test_evaluation_counts_pathological_crystals_without_crashing(crystals):
+    from rewards.evaluation import evaluate_structures
+
+    frame, summary = evaluate_structures(list(crystals.values()))
+    labels = list(crystals)
+    assert summary["n"] == len(labels)
+    assert frame["valid"].tolist() == [
+        structure_problem(s) is None
+        for s in [rock_salt(4.3, "Fe", "O") if k == "oxidation_states" else v for k, v in crystals.items()]
+    ]
+    assert frame["problem"][labels.index("disordered")] == "disordered"
+    assert frame["problem"][labels.index("na_na_0.9A")] == "overlapping_atoms"
+    assert "no chgnet energy" in frame["problem"][labels.index("unknown_Og")]
+    assert not frame["msun"][3:].any()
