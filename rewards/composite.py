@@ -79,7 +79,8 @@ class CompositeReward:
 
     def __call__(self, structures: Sequence[Structure | None]) -> TensorDict:
         start = time.perf_counter()
-        batch = RewardBatch(structures, self.reference, self.crystal_timeout)
+        # the reference is loaded only if a metric needs it
+        batch = RewardBatch(structures, lambda: self.reference, self.crystal_timeout)
         n = len(batch)
         for c in self.components:  # shared metrics first, each once (the batch memoises them)
             for metric in c.required_metrics:

@@ -13,6 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "reward"
+# null: in this process (per-crystal budgets via SIGALRM); process: in a worker process that is
+# restarted when a crystal gets stuck in native code (rewards.isolated.IsolatedReward)
+ISOLATION_MODES = (None, "process")
 
 
 def reward_names() -> list[str]:
@@ -86,7 +89,9 @@ def build_reward(name_or_config: str | Path | Mapping | DictConfig, overrides: S
 
     A component is any class named by ``_target_`` (so a user's own module works unchanged).
     ``overrides`` are ``key=value`` strings, e.g. ``components.1.weight=2.0`` or ``normalize_fn=null``.
-    A config without a top-level ``_target_`` is a :class:`rewards.CompositeReward`.
+    A config without a top-level ``_target_`` is a :class:`rewards.CompositeReward`. With
+    ``isolation: process`` (and optionally ``isolation_grace: <seconds>``) it is computed in a worker
+    process, see :class:`rewards.isolated.IsolatedReward`.
     """
     cfg = load_reward_config(name_or_config)
     for item in overrides:
@@ -94,7 +99,15 @@ def build_reward(name_or_config: str | Path | Mapping | DictConfig, overrides: S
         if not sep:
             raise ValueError(f"Override {item!r} is not key=value")
         OmegaConf.update(cfg, key.strip(), yaml.safe_load(value) if value else None, merge=True)
+    isolation = cfg.pop("isolation", None)
+    grace = cfg.pop("isolation_grace", 30.0)
+    if isolation not in ISOLATION_MODES:
+        raise ValueError(f"Unknown reward isolation {isolation!r}; valid: {list(ISOLATION_MODES)}")
     if "_target_" not in cfg:
         cfg._target_ = "rewards.CompositeReward"
     _check_targets(cfg)
+    if isolation == "process":
+        from rewards.isolated import IsolatedReward
+
+        return IsolatedReward(OmegaConf.to_container(cfg, resolve=True), grace=float(grace))
     return instantiate(cfg, _convert_="all")

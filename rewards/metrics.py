@@ -58,6 +58,7 @@ class RewardBatch:
         self.timings: dict[str, float] = {}
         self.crystal_timeout = crystal_timeout
         self.failures: dict[str, dict[int, str]] = {}
+        self.origin = list(range(len(self.structures)))  # index of each crystal in the reward call
         self._deps: dict[str, set[str]] = {}
         self._computing: list[str] = []
 
@@ -66,11 +67,14 @@ class RewardBatch:
 
     @property
     def reference(self):
-        """The reference set (the bundled default, loaded on first use, unless one was given)."""
+        """The reference set (the bundled default, loaded on first use, unless one was given; a
+        callable given instead is called on first use)."""
         if self._reference is None:
             from rewards.reference import load_reference
 
             self._reference = load_reference()
+        elif callable(self._reference):
+            self._reference = self._reference()
         return self._reference
 
     @property
@@ -132,7 +136,9 @@ class RewardBatch:
 
     def single(self, i: int) -> RewardBatch:
         """A batch of crystal ``i`` alone (same reference and budget), to probe it in isolation."""
-        return RewardBatch([self.structures[i]], self._reference, self.crystal_timeout)
+        single = RewardBatch([self.structures[i]], self._reference, self.crystal_timeout)
+        single.origin = [self.origin[i]]
+        return single
 
     def masked(self, drop: Collection[int]) -> RewardBatch:
         """This batch with crystals ``drop`` treated as invalid (sharing caches and failure records)."""

@@ -160,6 +160,24 @@ class _AlarmClock:
 
 _CLOCK = _AlarmClock()
 
+# Set in an IsolatedReward worker: a shared array (crystal index in the call, or -1 for a whole
+# computation, or -2 when idle; start time on the monotonic clock; allowed seconds) that the
+# supervising process reads to detect work stuck in native code.
+PROGRESS: Any = None
+
+
+def _progress_enter(index: int, seconds: float | None) -> tuple[float, float, float] | None:
+    if PROGRESS is None or seconds is None:
+        return None
+    previous = (PROGRESS[0], PROGRESS[1], PROGRESS[2])
+    PROGRESS[0], PROGRESS[1], PROGRESS[2] = float(index), time.monotonic(), float(seconds)
+    return previous
+
+
+def _progress_exit(previous: tuple[float, float, float] | None, paused: float = 0.0) -> None:
+    if previous is not None:
+        PROGRESS[0], PROGRESS[1], PROGRESS[2] = previous[0], previous[1] + paused, previous[2]
+
 
 class _Budget(AbstractContextManager):
     """Run a block under a deadline; ``timed_out`` tells afterwards whether it ran out."""
@@ -221,10 +239,13 @@ class _CrystalScope(AbstractContextManager):
         self.budget = _Budget(timeout)
 
     def __enter__(self) -> _CrystalScope:
+        index = self.scope.batch.origin[self.i] if self.scope is not None else -1
+        self.progress = _progress_enter(index, self.budget.seconds)
         self.budget.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        _progress_exit(self.progress)
         try:
             self.budget.__exit__(exc_type, exc, tb)
         except CrystalTimeout as outer:  # an enclosing budget ran out: not this crystal's business
@@ -252,12 +273,15 @@ def suspended() -> Iterator[None]:
     """Shared, one-off work done lazily inside a reward computation (loading a model, preprocessing
     the reference set) runs outside any crystal's scope and budget: its time does not count."""
     token = _ACTIVE.set(None)
+    start = time.monotonic()
+    progress = _progress_enter(-2, 0.0)
     frames, since = _CLOCK.pause() if _CLOCK.usable() else ([], 0.0)
     try:
         yield
     finally:
         if frames:
             _CLOCK.resume(frames, since)
+        _progress_exit(progress, time.monotonic() - start)
         _ACTIVE.reset(token)
 
 
@@ -280,6 +304,7 @@ def _attempt(batch: RewardBatch, label: str, fn: Callable[[RewardBatch], Any], s
     scope = _Scope(batch, label)
     token = _ACTIVE.set(scope)
     budget = _Budget(seconds)
+    progress = _progress_enter(batch.origin[0] if len(batch) == 1 else -1, seconds)
     try:
         with budget:
             return fn(batch), scope.failures, None
@@ -290,6 +315,7 @@ def _attempt(batch: RewardBatch, label: str, fn: Callable[[RewardBatch], Any], s
     except Exception as exc:  # noqa: BLE001 - isolated below
         return None, scope.failures, exc
     finally:
+        _progress_exit(progress)
         _ACTIVE.reset(token)
 
 

@@ -251,3 +251,28 @@ def test_evaluation_counts_pathological_crystals_without_crashing(crystals):
     assert frame["problem"][labels.index("na_na_0.9A")] == "overlapping_atoms"
     assert "no chgnet energy" in frame["problem"][labels.index("unknown_Og")]
     assert not frame["msun"][3:].any()
+
+
+def test_process_isolation_abandons_work_stuck_in_native_code_or_crashing():
+    """``isolation: process``: a crystal stuck in one never-returning C call, or crashing the
+    process, is dropped (worker killed and restarted); the others are scored."""
+    config = {
+        "isolation": "process",
+        "isolation_grace": 1.0,
+        "crystal_timeout": 0.5,
+        "normalize_fn": None,
+        "components": [{"_target_": "tests.fault_helpers.NativeTrouble"}],
+    }
+    reward = build_reward(config)
+    try:
+        kr = Structure(Lattice.cubic(4.0), ["Kr"], [[0, 0, 0]])
+        xe = Structure(Lattice.cubic(4.4), ["Xe"], [[0, 0, 0]])
+        out = reward([rock_salt(), kr, rock_salt(6.6, "K", "Br"), xe])
+        assert out["raw", "native_trouble"].tolist() == [8.0, -1.0, 8.0, -1.0]
+        problems = reward.last_info["problems"]
+        assert problems[0] is None and problems[1].startswith("timeout (stuck") and "crashed" in problems[3]
+        assert reward.last_info["worker_restarts"] == 2 and reward.last_info["num_timeouts"] == 1
+        assert reward.component_names == ["native_trouble"]
+        assert reward([rock_salt()])["total"].shape == (1,)  # the restarted worker goes on serving
+    finally:
+        reward.close()
