@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crystal_env.config import load_config
+from crystal_env.config import load_config, validate_env_config
 from crystal_env.env import CrystalDiffusionEnv
 from crystal_env.models.registry import load_model
 from crystal_env.reward_protocol import RewardFn
@@ -30,11 +30,12 @@ def make_env(
     device: str = "cpu",
     **overrides: Any,
 ) -> CrystalDiffusionEnv:
-    """Build the environment ``configs/env/<env>.yaml`` (or an env config dict) with reward
-    ``configs/reward/<reward>.yaml``.
+    """Build the environment ``configs/env/<env>.yaml`` (a bundled name, a ``.yaml`` path or an env
+    config dict) with reward ``configs/reward/<reward>.yaml``.
 
     ``overrides`` replace keys of the env config (``model``, ``sampler``, ``num_steps``, ``eta``,
-    ``max_atoms``); ``reward`` may also be any callable ``structures -> scores``.
+    ``max_atoms``); ``reward`` may also be any callable ``structures -> scores``. The config is
+    validated (types, ranges, batch_size a multiple of group_size) before the model loads.
     """
     cfg = dict(env) if isinstance(env, dict) else load_config("env", env)
     unknown = set(overrides) - ENV_KEYS
@@ -45,6 +46,7 @@ def make_env(
         cfg["batch_size"] = batch_size
     if group_size is not None:
         cfg["group_size"] = group_size
+    cfg = validate_env_config(cfg)
     return CrystalDiffusionEnv(
         load_model(cfg["model"], device=device),
         build_reward_fn(reward),

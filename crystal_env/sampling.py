@@ -41,10 +41,10 @@ def _space_group(structure: Structure) -> str:
         return ""
 
 
-def summarize(structures: Sequence[Structure | None]) -> pd.DataFrame:
+def summarize(structures: Sequence[Structure | None], progress: bool = False) -> pd.DataFrame:
     """One row per crystal: formula, number of atoms, volume, density, space group, validity problem."""
     rows = []
-    for i, s in enumerate(structures):
+    for i, s in enumerate(tqdm(structures, disable=not progress, desc="analysing", unit="crystal")):
         problem = structure_problem(s)
         if s is None:
             rows.append(
@@ -73,11 +73,11 @@ def summarize(structures: Sequence[Structure | None]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_samples(structures: Sequence[Structure | None], out_dir: str | Path) -> pd.DataFrame:
-    """Write ``cif/{index}.cif`` per decodable crystal, ``samples.extxyz`` and ``samples.csv``."""
+def write_samples(structures: Sequence[Structure | None], out_dir: str | Path, progress: bool = False) -> pd.DataFrame:
+    """Write ``cif/{index:05d}.cif`` per decodable crystal, ``samples.extxyz`` and ``samples.csv``."""
     out = Path(out_dir)
     (out / "cif").mkdir(parents=True, exist_ok=True)
-    frame = summarize(structures)
+    frame = summarize(structures, progress)
     atoms = []
     for i, s in enumerate(structures):
         if s is None:

@@ -13,6 +13,7 @@ import torch
 from pymatgen.core import Structure
 from pymatgen.io.cif import CifParser
 from scipy import linalg
+from tqdm.auto import tqdm
 
 from crystal_env.crystals.validity import is_smact_valid, structure_problem
 from rewards.metrics import RewardBatch
@@ -59,6 +60,7 @@ def evaluate_structures(
     fmax: float = 0.1,
     smact_set: str = "smact14",
     crystal_timeout: float | None = DEFAULT_CRYSTAL_TIMEOUT,
+    progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-crystal metrics and their summary (conventions in :data:`CONVENTIONS`).
 
@@ -69,7 +71,15 @@ def evaluate_structures(
     diversity as 1/(1 + Fréchet distance) between the VAE features of the valid generated crystals
     and of the reference. A crystal a metric cannot handle (an error, or more than ``crystal_timeout``
     seconds) counts as not unique / not novel / without E_hull, with the reason in ``problem``.
+    ``progress`` shows a bar over these stages.
     """
+    variants = [("", 0)] + ([("_relaxed", relax_steps)] if relax_steps > 0 else [])
+    bar = tqdm(total=3 + len(variants), disable=not progress, desc="evaluation", unit="stage", postfix="reference")
+
+    def stage(name: str) -> None:  # the previous stage is done
+        bar.update()
+        bar.set_postfix_str(name)
+
     reference = reference or load_reference()
     batch = RewardBatch(structures, reference, crystal_timeout)
     structures = batch.structures  # sanitised: oxidation-state-decorated species as plain elements
@@ -79,6 +89,7 @@ def evaluate_structures(
         out[list(batch.failed_in([metric]))] = False
         return out
 
+    stage("uniqueness, novelty")
     unique = np.asarray(batch.metric("unique"), dtype=bool) & ok("unique")
     novel = np.asarray(batch.metric("novel"), dtype=bool) & ok("novel")
     valid = batch.valid.numpy()
@@ -94,8 +105,9 @@ def evaluate_structures(
         "hull_covered": np.asarray(batch.metric("hull_covered"), dtype=bool),
     }
     summary: dict[str, float] = {}
-    variants = [("", 0)] + ([("_relaxed", relax_steps)] if relax_steps > 0 else [])
     for suffix, steps in variants:
+        relaxing = f", {steps} FIRE steps" if steps else ""
+        stage(f"{mlip} energies of {int(batch.valid.sum())} valid crystals{relaxing}")
         e_hull = np.where(
             ok("e_above_hull"), batch.metric("e_above_hull", mlip=mlip, relax_steps=steps, fmax=fmax), np.nan
         )
@@ -116,11 +128,14 @@ def evaluate_structures(
     summary["hull_coverage"] = float(frame["hull_covered"][valid].mean()) if valid.any() else float("nan")
     summary["n"] = len(structures)
     summary["distinct_formulas"] = int(frame["formula"][valid].nunique())
+    stage("diversity")
     for kind, key in (("structure", "vae_structure_features"), ("composition", "vae_composition_features")):
         gen = batch.metric(key, model=model)
         gen = gen[torch.isfinite(gen).all(1)]
         ref = reference.vae_features(model, kind)
         summary[f"{kind}_diversity"] = 1.0 / (1.0 + frechet_distance(gen, ref)) if len(gen) > 1 else float("nan")
+    bar.update()
+    bar.close()
     return frame, summary
 
 

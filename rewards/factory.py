@@ -1,4 +1,4 @@
-"""Build rewards from ``configs/reward/<name>.yaml`` (or any config) with Hydra's ``_target_``."""
+"""Build rewards from ``crystal_rl/configs/reward/<name>.yaml`` (or any config) with Hydra's ``_target_``."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "reward"
+from crystal_env.config import CONFIG_DIR as _CONFIG_ROOT
+
+CONFIG_DIR = _CONFIG_ROOT / "reward"
 # null: in this process (per-crystal budgets via SIGALRM); process: in a worker process that is
 # restarted when a crystal gets stuck in native code (rewards.isolated.IsolatedReward)
 ISOLATION_MODES = (None, "process")
 
 
 def reward_names() -> list[str]:
-    """Names of the reward configs in ``configs/reward``."""
+    """Names of the bundled reward configs (``crystal_rl/configs/reward``)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
@@ -68,7 +70,7 @@ def _locate(target: str) -> str | None:
     return f"no module named {parts[0]!r}"
 
 
-def _check_targets(cfg: DictConfig) -> None:
+def check_component_targets(cfg: Mapping | DictConfig) -> None:
     """Fail before instantiating anything if a component's ``_target_`` cannot be imported, listing
     the built-in components (and the closest name)."""
     for i, comp in enumerate(cfg.get("components") or []):
@@ -105,7 +107,7 @@ def build_reward(name_or_config: str | Path | Mapping | DictConfig, overrides: S
         raise ValueError(f"Unknown reward isolation {isolation!r}; valid: {list(ISOLATION_MODES)}")
     if "_target_" not in cfg:
         cfg._target_ = "rewards.CompositeReward"
-    _check_targets(cfg)
+    check_component_targets(cfg)
     if isolation == "process":
         from rewards.isolated import IsolatedReward
 

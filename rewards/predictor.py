@@ -101,8 +101,9 @@ class PropertyPredictor:
             path = REPO_DIR / path if (REPO_DIR / path).is_file() else path  # e.g. runs/predictor/...
         if not path.is_file():
             raise FileNotFoundError(
-                f"Predictor checkpoint not found: {path}. Train one with `python scripts/train_predictor.py` "
-                "(see configs/predictor/) or point `checkpoint:` at an existing file."
+                f"Predictor checkpoint not found: {path}. Train one with `crystal-rl-train-predictor` (in a "
+                "checkout: python scripts/train_predictor.py; config: crystal_rl/configs/predictor/) or point "
+                "`checkpoint:` at an existing file."
             )
         state = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or state.get("format") != PREDICTOR_FORMAT:

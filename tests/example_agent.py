@@ -14,4 +14,4 @@ class MyAgent(GradientAgent):
         logp = dist.log_prob(batch.reshape(-1)["action"]).reshape(batch.shape)
         loss = -(logp.sum(-1) * (reward.squeeze(-1) - reward.mean())).mean()
         applied, grad_norm = self.optimizer_step(loss)
-        return {"loss": float(loss), "grad_norm": grad_norm}
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm}

@@ -7,19 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from agents.trainer import NaNLossError
 from crystal_env.training.rl import run_training
+from crystal_rl.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def config(run_dir, *overrides):
-    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"run_dir={run_dir}", "trainer.progress=false", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config("train", [f"run_dir={run_dir}", "trainer.progress=false", *overrides])
 
 
 TINY = [

@@ -14,6 +14,7 @@ import copy
 import datetime
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from torchrl.record.loggers import CSVLogger, Logger
 from agents.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, remove_stale_temp_files, resolve_checkpoint
 from agents.factory import build_agent
 from agents.trainer import Trainer, TrainerConfig
-from crystal_env.config import CONFIG_DIR
 from crystal_env.factory import build_reward_fn, make_env
 from crystal_env.models.ldm import CrystalLDM
 from crystal_env.paths import atomic_write_bytes
@@ -113,18 +113,6 @@ def resume_config(saved: dict[str, Any], cfg: dict[str, Any], explicit: Sequence
             "Drop these overrides to continue the saved run as it was, or pass resume_allow_changes=true."
         )
     return merged
-
-
-def compose_train_config(overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
-    """``configs/train.yaml`` composed with Hydra ``overrides`` (as on the command line), and the
-    config paths those overrides set (for :func:`run_training` on resume)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("train", overrides=list(overrides)), resolve=True)
-        baseline = OmegaConf.to_container(compose("train"), resolve=True)
-    return cfg, explicit_keys(overrides, cfg, baseline)  # type: ignore[arg-type]
 
 
 # ---- the run directory ---------------------------------------------------------------------------
@@ -224,6 +212,7 @@ def run_training(cfg: dict[str, Any], explicit: Sequence[str] | None = None) -> 
     state = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
     run_dir = Path(cfg.get("run_dir") or default_run_dir(cfg.get("resume"))).resolve()
     rank, world = _distributed()
+    created = not run_dir.exists()
     lock = RunDirLock(run_dir).acquire() if rank == 0 else None
     file_log = _open_train_log(run_dir) if rank == 0 else None
     if lock is not None and lock.stale_holder:
@@ -236,12 +225,22 @@ def run_training(cfg: dict[str, Any], explicit: Sequence[str] | None = None) -> 
         if rank == 0:
             _prepare_run_dir(run_dir, cfg, state)
         return _train(cfg, run_dir, state, rank, world)
+    except BaseException:
+        if lock is not None and created and not _started(run_dir):
+            lock.release()  # a run that failed before its first step leaves no directory behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         if file_log is not None:
             logging.getLogger().removeHandler(file_log)
             file_log.close()
         if lock is not None:
             lock.release()
+
+
+def _started(run_dir: Path) -> bool:
+    """Whether a training step finished (its metrics are logged) or a checkpoint was written."""
+    return (run_dir / CHECKPOINT_NAME).exists() or (run_dir / "logs" / "scalars" / "train").is_dir()
 
 
 def _open_train_log(run_dir: Path) -> logging.Handler:
