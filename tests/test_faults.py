@@ -276,3 +276,14 @@ def test_process_isolation_abandons_work_stuck_in_native_code_or_crashing():
         assert reward([rock_salt()])["total"].shape == (1,)  # the restarted worker goes on serving
     finally:
         reward.close()
+
+
+def test_training_config_validation_names_misspelled_components_and_bad_isolation(tmp_path):
+    from crystal_rl.config import ConfigError, compose_config
+
+    base = [f"run_dir={tmp_path}", "reward=atomic_density"]
+    with pytest.raises(ConfigError, match=r"reward.components.*Did you mean 'rewards.AtomicDensity'"):
+        compose_config("train", [*base, "reward.components.0._target_=rewards.AtomicDensty"])
+    with pytest.raises(ConfigError, match=r"reward.isolation.*'thread'"):
+        compose_config("train", [*base, "+reward.isolation=thread"])
+    assert compose_config("train", [*base, "+reward.isolation=process", "+reward.crystal_timeout=5"])
