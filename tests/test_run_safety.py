@@ -215,3 +215,18 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert scalar_rows(full, name) == scalar_rows(killed, name), name
     frame = pd.read_csv(killed / "logs" / "scalars" / "train" / "reward.csv", header=None)
     assert frame[0].tolist() == list(range(1, steps + 1))
+
+
+def test_damaged_model_and_pretraining_checkpoints_name_the_file(tmp_path):
+    from crystal_env import load_model
+    from crystal_env.training.loop import LoopConfig, train_loop
+
+    broken = tmp_path / "model.pt"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RuntimeError, match=f"Model checkpoint {broken} is damaged"):
+        load_model(broken)
+    ckpt = tmp_path / "vae_train_state.pt"
+    ckpt.write_bytes(b"")
+    module = torch.nn.Linear(1, 1)
+    with pytest.raises(RuntimeError, match=f"Training checkpoint {ckpt} is damaged"):
+        train_loop(module, list(module.parameters()), None, None, None, LoopConfig(), ckpt, resume=True)
