@@ -58,13 +58,12 @@ def e_hull_histogram(ax, samples: dict[str, np.ndarray]) -> None:
 def plot(frame, structures, reference_dataset: str, out: Path) -> None:
     ref = load_dataset(reference_dataset, "train")
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    e_hull_histogram(
-        ax,
-        {
-            "generated (MLIP)": frame["e_above_hull"].to_numpy(),
-            f"{reference_dataset} (DFT)": np.asarray(ref.property_values("e_above_hull")),
-        },
-    )
+    sets = {"generated (MLIP)": frame["e_above_hull"].to_numpy()}
+    if "e_above_hull_relaxed" in frame:
+        sets["generated, relaxed (MLIP)"] = frame["e_above_hull_relaxed"].to_numpy()
+    if "e_above_hull" in ref.property_names:  # e.g. Perov-5 has no such column
+        sets[f"{reference_dataset} (DFT)"] = np.asarray(ref.property_values("e_above_hull"))
+    e_hull_histogram(ax, sets)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "e_above_hull.png", dpi=120)

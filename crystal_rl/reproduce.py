@@ -1,16 +1,19 @@
 """Reproduce the README's result tables: ``crystal-rl-reproduce [--tiny] [--out docs/results]``.
 
-One pipeline, every seed explicit: GRPO fine-tuning of ``mp20_tiny`` on the DNG reward (the default
-training command, training seed ``--train-seed``) → 500 samples of the base and of the fine-tuned
-model (sampling seed ``--seed``) → evaluation of both (same seed) → the agent benchmark on
-``atomic_density`` (seed ``--benchmark-seed``). It writes to ``--out``:
+One pipeline, every seed explicit. For each experiment (``--experiments``, default all):
+GRPO fine-tuning (training seed ``--train-seed``) → 500 samples of the base and of the fine-tuned
+model (sampling seed ``--seed``) → evaluation of both (same seed; unrelaxed and, with
+``--relax-steps``, relaxed) → top compositions. Experiments: ``dng_mp20`` (the default training
+command, ``env=ldm_mp20 reward=dng``) and ``stability_perov5`` (``env=ldm_perov5 reward=stability``).
+Then the agent benchmark on ``atomic_density`` (seed ``--benchmark-seed``). It writes to ``--out``:
 
-* ``results.json``: every number (training curve, both evaluations, the leaderboard) with the commit,
-  the command, the machine and each stage's wall time;
+* ``results.json``: every number (training curves, evaluations, the leaderboard) with the commit,
+  the command, the machine and each stage's wall time; running a subset of the experiments updates
+  only their entries;
 * ``results.md``: the README's tables, rendered from ``results.json`` (``--render`` re-renders them
   without running anything);
-* ``training_curves.png``, ``eval_base/`` and ``eval_grpo/`` (summary, per-crystal CSV, plots) and
-  ``benchmark/`` (leaderboard, reward-vs-budget plot).
+* per experiment ``<name>/training_curves.png``, ``<name>/eval_base/`` and ``<name>/eval_grpo/``
+  (summary, per-crystal CSV, plots), and ``benchmark/`` (leaderboard, reward-vs-budget plot).
 
 Runs, checkpoints and samples go to ``--work``. ``--tiny`` runs the same pipeline with tiny sizes in
 well under a minute (for the test suite; its numbers mean nothing). Wall times depend on the machine
@@ -32,26 +35,36 @@ from typing import Any
 
 from crystal_rl.common import git_commit, non_negative_int, positive_int, quiet_third_party
 
-#: Training-table rows: (label, history key); KL at step 0 is taken from step 1 (no update before it).
-TRAINING_ROWS = (
-    ("`val/reward`", "val/reward"),
-    ("`val/creativity` (raw)", "val/creativity"),
-    ("`val/energy` (raw, −clamp(E_hull, 0, 1))", "val/energy"),
-    ("`train/kl_div`", "train/kl_div"),
-)
+#: experiment name -> env, reward and the dataset its samples are evaluated against
+EXPERIMENTS = {
+    "dng_mp20": {"env": "ldm_mp20", "reward": "dng", "reference": "mp20_sample"},
+    "stability_perov5": {"env": "ldm_perov5", "reward": "stability", "reference": "perov5"},
+}
 #: Evaluation-table rows: (label, summary key, is a fraction)
 EVAL_ROWS = (
     ("structurally valid", "valid", True),
-    ("SMACT valid", "smact_valid", True),
+    ("SMACT valid (charge-balanced)", "smact_valid", True),
     ("unique", "unique", True),
-    ("novel (vs the training crystals)", "novel", True),
-    ("mean E_hull (CHGNet, eV/atom)", "mean_e_above_hull", False),
-    ("metastable (E_hull ≤ 0.1)", "metastable", True),
-    ("M.S.U.N.", "msun", True),
-    ("S.U.N.", "sun", True),
+    ("novel (vs all splits of the reference dataset)", "novel", True),
+    ("novel formula (vs all Materials Project compositions)", "novel_formula", True),
+    ("distinct formulas (valid crystals)", "distinct_formulas", False),
+    ("hull coverage", "hull_coverage", True),
+    ("mean E_hull, unrelaxed (CHGNet, eV/atom)", "mean_e_above_hull", False),
+    ("median E_hull, unrelaxed", "median_e_above_hull", False),
+    ("metastable (E_hull ≤ 0.1), unrelaxed", "metastable", True),
+    ("stable (E_hull ≤ 0), unrelaxed", "stable", True),
+    ("M.S.U.N., unrelaxed", "msun", True),
+    ("S.U.N., unrelaxed", "sun", True),
+    ("mean E_hull, relaxed", "mean_e_above_hull_relaxed", False),
+    ("median E_hull, relaxed", "median_e_above_hull_relaxed", False),
+    ("metastable, relaxed", "metastable_relaxed", True),
+    ("stable, relaxed", "stable_relaxed", True),
+    ("M.S.U.N., relaxed", "msun_relaxed", True),
+    ("S.U.N., relaxed", "sun_relaxed", True),
     ("structure diversity 1/(1+FD)", "structure_diversity", False),
     ("composition diversity 1/(1+FD)", "composition_diversity", False),
 )
+TOP_COMPOSITIONS = 8
 TINY = {
     "train": [
         "trainer.max_steps=2",
@@ -63,12 +76,14 @@ TINY = {
         "env.group_size=2",
     ],
     "num_samples": 4,
+    "relax_steps": 2,
     "benchmark": {"agents": "best_of_n,grpo", "budget": 4, "final_samples": 4},
     "benchmark_overrides": ["env.num_steps=2", "env.batch_size=4", "env.group_size=2", "trainer.val_batch_size=4"],
 }
 FULL = {
     "train": [],
     "num_samples": 500,
+    "relax_steps": 50,
     "benchmark": {"agents": "best_of_n,reinforce,grpo,ppo", "budget": 1280, "final_samples": 64},
     "benchmark_overrides": [],
 }
@@ -83,6 +98,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=1, help="seed of sampling and evaluation")
     p.add_argument("--benchmark-seed", type=non_negative_int, default=0)
     p.add_argument("--num-samples", type=positive_int, default=None, help="samples per model (default 500; tiny: 4)")
+    p.add_argument(
+        "--experiments", default=",".join(EXPERIMENTS), help=f"comma-separated subset of {list(EXPERIMENTS)}"
+    )
+    p.add_argument(
+        "--relax-steps", type=non_negative_int, default=None, help="FIRE steps of the relaxed evaluation (default 50)"
+    )
     p.add_argument("--skip-benchmark", action="store_true")
     p.add_argument("--render", action="store_true", help="only re-render results.md from --out/results.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -90,13 +111,26 @@ def parser() -> argparse.ArgumentParser:
 
 
 def training_table(history: list[dict[str, float]], every: int) -> dict[str, Any]:
-    """Validation steps and, per row, the value at each (KL at step 0: that of step 1)."""
+    """Validation steps and, per row (``val/reward``, each raw ``val/<component>``, ``train/kl_div``),
+    the value at each step (KL at step 0: that of step 1, as no update precedes it)."""
     steps = [h["step"] for h in history if "val/reward" in h]
     by_step = {h["step"]: h for h in history}
-    rows = {}
-    for _, key in TRAINING_ROWS:
-        rows[key] = [by_step.get(max(s, 1) if key == "train/kl_div" else s, {}).get(key) for s in steps]
+    keys = ["val/reward"] + sorted(
+        {k for h in history for k in h if k.startswith("val/") and k != "val/reward" and "/weighted/" not in k}
+    )
+    rows = {key: [by_step.get(s, {}).get(key) for s in steps] for key in keys}
+    rows["train/kl_div"] = [by_step.get(max(s, 1), {}).get("train/kl_div") for s in steps]
     return {"steps": steps, "rows": rows, "val_every": every}
+
+
+def top_compositions(per_crystal: Path, k: int = TOP_COMPOSITIONS) -> list[list]:
+    """The ``k`` most frequent reduced formulas of the valid crystals: [formula, share of valid]."""
+    import pandas as pd
+
+    frame = pd.read_csv(per_crystal)
+    valid = frame[frame["valid"]]
+    counts = valid["formula"].value_counts()
+    return [[f, float(c / max(len(valid), 1))] for f, c in counts.head(k).items()]
 
 
 def _fmt(value: Any, fraction: bool = False) -> str:
@@ -110,32 +144,44 @@ def render(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
         "<!-- generated by crystal-rl-reproduce from results.json; do not edit by hand -->",
-        f"Generated by `{meta['command']}` at commit `{meta['commit']}` on {meta['date']}, "
-        f"{meta['machine']}. Wall times (machine- and load-dependent): "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in meta["wall_time_s"].items())
-        + ".",
-        "",
-        f"### GRPO on DNG: training ({meta['train_command']}, training seed {meta['train_seed']})",
-        "",
+        f"Generated by `{meta['command']}` at commit `{meta['commit']}` on {meta['date']}, {meta['machine']}.",
     ]
-    table = results["training"]
-    lines.append("| step | " + " | ".join(str(s) for s in table["steps"]) + " |")
-    lines.append("|---|" + "---|" * len(table["steps"]))
-    for label, key in TRAINING_ROWS:
-        cells = [_fmt(v) for v in table["rows"][key]]
-        if key == "train/kl_div" and cells:
-            cells[0] += " (step 1)"
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    base, tuned = results["eval"]["base"], results["eval"]["grpo"]
-    lines += [
-        "",
-        f"### Base model vs GRPO fine-tuned ({base['n']} samples each, {meta['sampler']}, seed {meta['seed']})",
-        "",
-        "| metric | base | GRPO, `reward=dng` |",
-        "|---|---|---|",
-    ]
-    for label, key, fraction in EVAL_ROWS:
-        lines.append(f"| {label} | {_fmt(base.get(key), fraction)} | {_fmt(tuned.get(key), fraction)} |")
+    for name, exp in results["experiments"].items():
+        em = exp["meta"]
+        lines += [
+            "",
+            f"### `{name}`: {em['train_command']} (training seed {em['train_seed']})",
+            "",
+            f"Produced by `{em['command']}` at commit `{em['commit']}`.",
+            "",
+            "Wall times (machine- and load-dependent): "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in em["wall_time_s"].items())
+            + ".",
+            "",
+        ]
+        table = exp["training"]
+        lines.append("| step | " + " | ".join(str(s) for s in table["steps"]) + " |")
+        lines.append("|---|" + "---|" * len(table["steps"]))
+        for key, values in table["rows"].items():
+            cells = [_fmt(v) for v in values]
+            if key == "train/kl_div" and cells:
+                cells[0] += " (step 1)"
+            lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+        base, tuned = exp["eval"]["base"], exp["eval"]["grpo"]
+        lines += [
+            "",
+            f"{base['n']} samples each ({em['sampler']}, seed {em['seed']}); relaxed: CHGNet FIRE, "
+            f"{em['relax_steps']} steps, positions and cell; novelty against `{em['reference']}`:",
+            "",
+            "| metric | base | GRPO |",
+            "|---|---|---|",
+        ]
+        for label, key, fraction in EVAL_ROWS:
+            if key in base or key in tuned:
+                lines.append(f"| {label} | {_fmt(base.get(key), fraction)} | {_fmt(tuned.get(key), fraction)} |")
+        for model in ("base", "grpo"):
+            top = ", ".join(f"{f} {100 * x:.1f} %" for f, x in exp["top_compositions"][model])
+            lines.append(f"\nTop compositions ({model}, share of valid crystals): {top}")
     if results.get("benchmark"):
         bench = results["benchmark"]
         lines += [
@@ -155,18 +201,20 @@ def _machine() -> str:
     )
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+def run_experiment(name: str, args: argparse.Namespace, sizes: dict, out: Path, work: Path) -> dict[str, Any]:
+    """Train, sample base and fine-tuned, evaluate both: one entry of ``results["experiments"]``."""
     from crystal_env.training.rl import run_training
-    from crystal_rl import benchmark, plot_training
+    from crystal_rl import plot_training
     from crystal_rl.config import compose_config
     from crystal_rl.evaluate import evaluate_to_folder
     from crystal_rl.sample import sample_to_folder
 
-    sizes = TINY if args.tiny else FULL
-    out, work = Path(args.out), Path(args.work)
+    spec = EXPERIMENTS[name]
+    out, work = out / name, work / name
     num = args.num_samples or sizes["num_samples"]
+    relax = sizes["relax_steps"] if args.relax_steps is None else args.relax_steps
     progress = not args.no_progress
-    train_overrides = ["env=ldm_mp20", "reward=dng", f"seed={args.train_seed}", *sizes["train"]]
+    train_overrides = [f"env={spec['env']}", f"reward={spec['reward']}", f"seed={args.train_seed}", *sizes["train"]]
     cfg = compose_config(
         "train", [*train_overrides, f"run_dir={work / 'train'}", f"trainer.progress={progress}"]
     )  # validated before anything runs
@@ -180,24 +228,61 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     env = cfg["env"]
     start = time.perf_counter()
-    summaries = {}
-    for name, model in (("base", env["model"]), ("grpo", str(work / "train"))):  # as crystal-rl-sample / -evaluate
+    summaries, tops = {}, {}
+    for label, model in (("base", env["model"]), ("grpo", str(work / "train"))):  # as crystal-rl-sample / -evaluate
         structures, _ = sample_to_folder(
             model,
             num,
-            work / f"samples_{name}",
+            work / f"samples_{label}",
             args.seed,
             env["sampler"],
             env["num_steps"],
             env["eta"],
             progress=progress,
         )
-        summaries[name] = evaluate_to_folder(
-            structures, out / f"eval_{name}", model=env["model"], seed=args.seed, progress=progress
+        summaries[label] = evaluate_to_folder(
+            structures,
+            out / f"eval_{label}",
+            reference=spec["reference"],
+            model=env["model"],
+            seed=args.seed,
+            progress=progress,
+            relax_steps=relax,
         )
+        tops[label] = top_compositions(out / f"eval_{label}" / "per_crystal.csv")
     wall["sampling and evaluation"] = time.perf_counter() - start
+    return {
+        "meta": {
+            "train_command": "`crystal-rl-train " + " ".join(train_overrides) + "`",
+            "train_seed": args.train_seed,
+            "seed": args.seed,
+            "reference": spec["reference"],
+            "relax_steps": relax,
+            "sampler": f"{env['sampler']}, {env['num_steps']} steps, eta {env['eta']}",
+            "wall_time_s": wall,
+        },
+        "training": training_table(history, cfg["trainer"]["val_every"]),
+        "eval": summaries,
+        "top_compositions": tops,
+    }
 
-    bench_result = None
+
+def run(args: argparse.Namespace, argv: list[str], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    from crystal_rl import benchmark
+
+    sizes = TINY if args.tiny else FULL
+    out, work = Path(args.out), Path(args.work)
+    progress = not args.no_progress
+    names = [n for n in args.experiments.split(",") if n]
+    unknown = sorted(set(names) - set(EXPERIMENTS))
+    if unknown:
+        raise SystemExit(f"error: unknown experiment(s) {unknown}; valid: {list(EXPERIMENTS)}")
+    results = previous or {"experiments": {}, "benchmark": None}
+    command = "crystal-rl-reproduce" + (" " + shlex.join(argv) if argv else "")
+    for name in names:
+        results["experiments"][name] = run_experiment(name, args, sizes, out, work)
+        results["experiments"][name]["meta"].update(command=command, commit=git_commit())
+
     if not args.skip_benchmark:
         b = sizes["benchmark"]
         bench_argv = [
@@ -213,31 +298,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         ]
         start = time.perf_counter()
         board = benchmark.run(benchmark.parser().parse_args(bench_argv))
-        wall["benchmark"] = time.perf_counter() - start
-        bench_result = {
+        results["benchmark"] = {
             "command": "crystal-rl-benchmark " + " ".join(a for a in bench_argv if not a.startswith("--out=")),
             "seed": args.benchmark_seed,
+            "wall_time_s": time.perf_counter() - start,
             "leaderboard": board.to_dict(orient="records"),
             "leaderboard_md": board.to_markdown(index=False, floatfmt=".4g"),
         }
-
-    return {
-        "meta": {
-            "command": "crystal-rl-reproduce" + (" " + shlex.join(argv) if argv else ""),
-            "commit": git_commit(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": _machine(),
-            "tiny": args.tiny,
-            "train_command": "`crystal-rl-train " + " ".join(train_overrides) + "`",
-            "train_seed": args.train_seed,
-            "seed": args.seed,
-            "sampler": f"{env['sampler']}, {env['num_steps']} steps, eta {env['eta']}",
-            "wall_time_s": wall,
-        },
-        "training": training_table(history, cfg["trainer"]["val_every"]),
-        "eval": summaries,
-        "benchmark": bench_result,
+    results["meta"] = {
+        "command": command,
+        "commit": git_commit(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "tiny": args.tiny,
     }
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,8 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         results = json.loads((out / "results.json").read_text())
     else:
+        previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else None
         with quiet_third_party():
-            results = run(args, argv)
+            results = run(args, argv, previous)
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(render(results))
     print(render(results))

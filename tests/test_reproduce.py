@@ -14,23 +14,30 @@ def test_reproduce_tiny_writes_results_tables_and_plots(tmp_path, capsys):
     reproduce.main(argv)
     results = json.loads((out / "results.json").read_text())
     meta = results["meta"]
-    assert meta["command"].startswith("crystal-rl-reproduce --tiny") and meta["tiny"]
-    assert meta["commit"] and meta["seed"] == 1 and meta["train_seed"] == 0
-    assert set(meta["wall_time_s"]) == {"training", "sampling and evaluation", "benchmark"}
-    assert results["training"]["steps"] == [0, 1, 2]
-    assert len(results["training"]["rows"]["val/reward"]) == 3
-    for name in ("base", "grpo"):
-        assert results["eval"][name]["n"] == 4 and results["eval"][name]["seed"] == 1
-        for file in ("summary.json", "per_crystal.csv", "e_above_hull.png", "element_frequency.png"):
-            assert (out / f"eval_{name}" / file).is_file()
-        assert len(list((work / f"samples_{name}" / "cif").glob("*.cif"))) <= 4
+    assert meta["command"].startswith("crystal-rl-reproduce --tiny") and meta["tiny"] and meta["commit"]
+    assert set(results["experiments"]) == {"dng_mp20", "stability_perov5"}
+    for name, exp in results["experiments"].items():
+        em = exp["meta"]
+        assert em["seed"] == 1 and em["train_seed"] == 0 and em["relax_steps"] == 2 and em["commit"]
+        assert set(em["wall_time_s"]) == {"training", "sampling and evaluation"}
+        assert exp["training"]["steps"] == [0, 1, 2]
+        assert len(exp["training"]["rows"]["val/reward"]) == 3 and "val/energy" in exp["training"]["rows"]
+        for label in ("base", "grpo"):
+            summary = exp["eval"][label]
+            assert summary["n"] == 4 and summary["seed"] == 1 and "mean_e_above_hull_relaxed" in summary
+            for file in ("summary.json", "per_crystal.csv", "e_above_hull.png", "element_frequency.png"):
+                assert (out / name / f"eval_{label}" / file).is_file()
+            assert len(list((work / name / f"samples_{label}" / "cif").glob("*.cif"))) <= 4
+            assert sum(share for _, share in exp["top_compositions"][label]) <= 1.0 + 1e-9
+        assert (out / name / "training_curves.png").is_file()
     board = pd.read_csv(out / "benchmark" / "leaderboard.csv")
     assert sorted(board["agent"]) == ["best_of_n", "grpo"]
-    assert (out / "training_curves.png").is_file() and (out / "benchmark" / "reward_vs_budget.png").is_file()
+    assert (out / "benchmark" / "reward_vs_budget.png").is_file()
 
     table = (out / "results.md").read_text()
     assert meta["commit"] in table and meta["command"] in table
-    assert "| `val/reward` |" in table and "| M.S.U.N. |" in table and "| best_of_n " in table
+    assert "| `val/reward` |" in table and "| M.S.U.N., relaxed |" in table and "| best_of_n " in table
+    assert "Top compositions (grpo" in table
     assert table in capsys.readouterr().out  # printed too
     (out / "results.md").unlink()
     reproduce.main(["--render", "--out", str(out)])  # the tables come from results.json alone
