@@ -111,10 +111,11 @@ class Trainer:
         state = getattr(self.env, "rng_state_at_last_reset", None)
         return {} if state is None else {"env_reset": state}
 
-    def resume(self, path_or_dir: str | Path) -> None:
-        """Load agent, step and history; the env generator is rewound so the collector's first
-        reset redraws the pending episode, and the global RNGs are restored after that reset."""
-        state = load_checkpoint(path_or_dir)
+    def resume(self, source: str | Path | dict[str, Any]) -> None:
+        """Load agent, step and history from a checkpoint (path, run directory or loaded dict); the
+        env generator is rewound so the collector's first reset redraws the pending episode, and
+        the global RNGs are restored after that reset."""
+        state = source if isinstance(source, dict) else load_checkpoint(source)
         self.agent.load_state_dict(state["agent"])
         self.step = state["step"]
         self.history = state["history"]
@@ -122,7 +123,7 @@ class Trainer:
         env_state = state["rng"]["generators"].get("env_reset")
         if env_state is not None and isinstance(getattr(self.env, "rng", None), torch.Generator):
             self.env.rng.set_state(env_state)
-        log.info("Resumed at step %d from %s", self.step, path_or_dir)
+        log.info("Resumed at step %d", self.step)
 
     # ---- loop ---------------------------------------------------------------------------------------
     def log(self, metrics: dict[str, float]) -> None:
@@ -142,7 +143,7 @@ class Trainer:
             hook("validation", self.step, self.run_dir, batch)
         return _final_means(batch, "val")
 
-    def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
+    def fit(self, resume: str | Path | dict[str, Any] | None = None) -> list[dict[str, float]]:
         """Train until ``max_steps``; checkpoints every ``checkpoint_every`` steps, at the end and on
         Ctrl-C. Returns the metric history (one dict per step)."""
         if resume is not None:

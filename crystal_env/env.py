@@ -149,10 +149,18 @@ class CrystalDiffusionEnv(EnvBase):
                 f"action must have shape {tuple(z.shape)} (batch, atoms, latent_dim), got {tuple(action.shape)}"
             )
         step = tensordict["step_index"]
+        if bool((step != step.flatten()[0]).any()):
+            raise ValueError(
+                f"All crystals of a batch are denoised in lockstep, but step_index holds different values "
+                f"{sorted(set(step.flatten().tolist()))}; pass the tensordict returned by reset()/step()"
+            )
+        if bool((step < 0).any()):
+            raise ValueError(f"step_index must be in [0, {self.num_steps - 1}], got {int(step.min())}")
         if bool((step >= self.num_steps).any()):
             raise RuntimeError("The episode is finished (step_index == num_steps); call reset() first")
         keep = mask[..., None].to(action.dtype)
-        finite = torch.isfinite(action * keep).flatten(1).all(1, keepdim=True)
+        # padding entries are ignored (they are zeroed below), so a NaN there does not fail a crystal
+        finite = (torch.isfinite(action) | ~mask[..., None]).flatten(1).all(1, keepdim=True)
         failed = tensordict["failed"] | ~finite
         self.num_invalid_actions += int((~finite & ~tensordict["failed"]).sum())
         # a corrupted trajectory keeps its last finite latent, is never decoded, and gets the penalty

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_DATA_DIR = PACKAGE_DIR / "data" / "bundled"
@@ -20,9 +28,84 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CRYSTAL_ENV_CACHE", Path.home() / ".cache" / "crystal_env" / "cache"))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete ``.<name>.<pid>.tmp`` siblings of ``path`` left by writers that died mid-write."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temp file and rename, so readers never see half a file."""
+    """Write ``payload`` to ``path`` via a temp file, fsync and rename, so readers never see half a
+    file; temp files of writers that were killed mid-write are removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
+    with open(tmp, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    remove_stale_temp_files(path)
+
+
+CACHE_MAGIC = b"crystal_env cache v1\n"
+
+
+def write_cache(path: Path, value: Any) -> None:
+    """Pickle ``value`` to ``path`` atomically, behind a header with the payload's sha256."""
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    atomic_write_bytes(path, CACHE_MAGIC + hashlib.sha256(payload).digest() + payload)
+
+
+def read_cache(path: Path) -> tuple[bool, Any]:
+    """``(True, value)`` for an intact cache file written by :func:`write_cache`, else ``(False, None)``.
+
+    A file that exists but fails the check (truncated, emptied, bit flips, another format, a pickle
+    that no longer loads) is logged, deleted and reported as a miss: a cache is never trusted.
+    """
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return False, None
+    head, digest, payload = (
+        blob[: len(CACHE_MAGIC)],
+        blob[len(CACHE_MAGIC) : len(CACHE_MAGIC) + 32],
+        blob[len(CACHE_MAGIC) + 32 :],
+    )
+    problem = None
+    if head != CACHE_MAGIC:
+        problem = "unknown header" if blob else "empty file"
+    elif hashlib.sha256(payload).digest() != digest:
+        problem = "checksum mismatch"
+    else:
+        try:
+            return True, pickle.loads(payload)
+        except Exception as exc:  # noqa: BLE001 - e.g. classes renamed since it was written
+            problem = f"unreadable pickle ({type(exc).__name__}: {exc})"
+    log.warning("Cache file %s is damaged (%s); rebuilding it", path, problem)
+    path.unlink(missing_ok=True)
+    return False, None
+
+
+def cached(path: Path, build: Callable[[], T]) -> T:
+    """``build()`` memoised in the checked cache file ``path`` (rebuilt when missing or damaged)."""
+    hit, value = read_cache(path)
+    if not hit:
+        value = build()
+        write_cache(path, value)
+    return value

@@ -14,6 +14,7 @@ per agent (agent, seed, steps) and the trainer's bar (step, reward, KL, elapsed 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from agents.checkpoint import load_checkpoint  # noqa: E402
 from crystal_env import load_model  # noqa: E402
 from crystal_env.factory import build_reward_fn  # noqa: E402
 from crystal_env.policy import make_policy, make_reference_policy  # noqa: E402
@@ -71,7 +73,7 @@ def kl_to_base(run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) ->
 
 def final_crystals(agent: str, run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) -> list:
     if agent == "best_of_n":
-        best = torch.load(run_dir / "checkpoint.pt", weights_only=False)["agent"]["best"]
+        best = load_checkpoint(run_dir)["agent"]["best"]
         return list(best["next", "crystals"])[:num]
     model = load_model(run_dir) if (run_dir / "model.pt").is_file() else load_model(base_name)
     env_cfg = cfg["env"]
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             f"= {steps * crystals_per_step} reward evaluations",
             flush=True,
         )
+        if (run_dir / "checkpoint.pt").is_file():  # a previous benchmark's run: this one starts afresh
+            shutil.rmtree(run_dir)
         start = time.perf_counter()
         history = run_training(cfg)
         wall = time.perf_counter() - start

@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig
 
 from crystal_env.config import CONFIG_DIR, ConfigError, EnvSchema, rule, validate
 
-__all__ = ["CONFIG_DIR", "ConfigError", "compose_config", "validate", "validate_train_config"]
+__all__ = ["CONFIG_DIR", "ConfigError", "compose_config", "compose_train_config", "validate", "validate_train_config"]
 
 
 @dataclass
@@ -62,8 +62,9 @@ class TrainSchema:
     policy: PolicySchema = field(default_factory=PolicySchema)
     seed: int = rule(0, ge=0)
     device: str = "cpu"
-    run_dir: str = MISSING
+    run_dir: Optional[str] = None  # noqa: UP045 - None: runs/train/<date>_<time>, or the resumed run's own
     resume: Optional[str] = None  # noqa: UP045 - OmegaConf 2.3 needs typing.Optional
+    resume_allow_changes: bool = False
 
 
 @dataclass
@@ -290,7 +291,19 @@ def validate_train_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]
 
     agent_cls = check_target_kwargs(out["agent"], "agent", base=Agent)
     if isinstance(out["reward"], Mapping):
-        check_target_kwargs(out["reward"], "reward", default_target="rewards.CompositeReward")
+        from rewards.factory import ISOLATION_MODES, check_component_targets
+
+        reward = {k: v for k, v in out["reward"].items() if k not in ("isolation", "isolation_grace")}
+        if out["reward"].get("isolation") not in ISOLATION_MODES:
+            raise ConfigError(
+                f"Invalid value for config key 'reward.isolation': {out['reward']['isolation']!r}; "
+                f"valid: {list(ISOLATION_MODES)}"
+            )
+        try:
+            check_component_targets(reward)
+        except ValueError as e:
+            raise ConfigError(f"Config key 'reward.components': {e}") from None
+        check_target_kwargs(reward, "reward", default_target="rewards.CompositeReward")
     group = agent_cls.required_group_size or out["env"]["group_size"]
     if out["env"]["batch_size"] % group:
         raise ConfigError(
@@ -309,6 +322,16 @@ def compose_config(name: str = "train", overrides: Sequence[str] = ()) -> dict[s
     with initialize_config_dir(str(CONFIG_DIR / folder), version_base="1.3"):
         cfg = compose(stem, overrides=list(overrides))
     return SCHEMAS[name](cfg)
+
+
+def compose_train_config(overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """The validated training config composed with ``overrides`` (as on the command line), and the
+    config paths those overrides set — what :func:`crystal_env.training.rl.run_training` keeps from
+    them when it resumes a run (everything else comes from the run's checkpoint)."""
+    from crystal_env.training.rl import explicit_keys
+
+    cfg = compose_config("train", overrides)
+    return cfg, explicit_keys(overrides, cfg, compose_config("train"))
 
 
 #: config name -> its validator (resolved config in, validated plain dict out)

@@ -2,8 +2,9 @@
 
 Input: a folder of CIFs (e.g. the output of crystal-rl-sample) or a CSV with a ``cif`` column.
 Writes ``per_crystal.csv``, ``summary.json`` and PNG plots (e_hull histogram vs the reference set,
-element frequencies, number of atoms). In a checkout, ``python scripts/evaluate.py`` is the same
-program.
+element frequencies, number of atoms). Files that cannot be read or hold disordered sites or dummy
+species are skipped, counted in the summary (``skipped_files``, ``skipped_reasons``) and listed in
+``skipped.csv``. In a checkout, ``python scripts/evaluate.py`` is the same program.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from crystal_env.data import load_dataset  # noqa: E402
 from crystal_rl.common import non_negative_int, quiet_third_party, seed_everything  # noqa: E402
-from rewards.evaluation import CONVENTIONS, evaluate_structures, read_structures  # noqa: E402
+from rewards.evaluation import CONVENTIONS, evaluate_structures, read_crystal_files  # noqa: E402
 from rewards.reference import load_reference  # noqa: E402
 
 E_HULL_RANGE = (-0.2, 3.0)  # eV/atom shown bin by bin; values above go to a labelled overflow bin
@@ -109,14 +111,25 @@ def evaluate_to_folder(
     relax_steps: int = 0,
     fmax: float = 0.1,
     smact_set: str = "smact14",
+    names: list[str] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict:
     """Evaluate ``structures`` and write ``per_crystal.csv``, ``summary.json`` (with the settings, the
-    seed and the metrics' conventions) and the plots."""
+    seed and the metrics' conventions) and the plots. ``names``: the crystals' file names (a ``file``
+    column); ``skipped``: files left out (name → reason), counted in the summary and ``skipped.csv``."""
     seed_everything(seed)
     out.mkdir(parents=True, exist_ok=True)
+    skipped = skipped or {}
+    if skipped:
+        print(f"skipped {len(skipped)} file(s): {dict(Counter(skipped.values()))} (list in skipped.csv)")
+        pd.DataFrame({"file": list(skipped), "reason": list(skipped.values())}).to_csv(out / "skipped.csv", index=False)
+    if not structures:
+        raise SystemExit(f"No readable crystal to evaluate; skipped: {dict(Counter(skipped.values()))}")
     ref = load_reference(reference, novelty_splits=novelty_splits.split(","), hull=hull, phase_diagram=phase_diagram)
     frame, summary = evaluate_structures(structures, ref, model, mlip, relax_steps, fmax, smact_set, progress=progress)
     summary["seed"] = seed
+    summary["skipped_files"] = len(skipped)
+    summary["skipped_reasons"] = dict(Counter(skipped.values()))
     settings = dict(
         reference=reference,
         model=model,
@@ -128,6 +141,8 @@ def evaluate_to_folder(
         fmax=fmax,
         smact_set=smact_set,
     )
+    if names is not None:
+        frame.insert(0, "file", names)
     frame.to_csv(out / "per_crystal.csv", index=False)
     record = {**summary, "settings": settings, "conventions": CONVENTIONS}
     (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -163,8 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     out = Path(args.out) if args.out else Path(args.input) / "eval"
     with quiet_third_party():
+        files = read_crystal_files(args.input)
         summary = evaluate_to_folder(
-            read_structures(args.input),
+            files.structures,
             out,
             args.reference,
             args.model,
@@ -178,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
             relax_steps=args.relax_steps,
             fmax=args.fmax,
             smact_set=args.smact_set,
+            names=files.names,
+            skipped=files.skipped,
         )
     print(json.dumps(summary, indent=2))
     print(f"written to {out}")

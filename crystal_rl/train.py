@@ -2,24 +2,20 @@
 
 In a checkout, ``python scripts/train.py ...`` is the same program. The composed config is validated
 (types, ranges, agent and reward arguments) before anything loads; a run that fails before its first
-training step leaves no run directory behind.
+training step leaves no run directory behind. ``resume=<run_dir> [key=value ...]`` continues a run in
+its own directory with its saved configuration; only the keys given on the command line change.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from crystal_rl.common import hydra_job_guard, quiet_third_party
 from crystal_rl.config import CONFIG_DIR, validate_train_config
-
-
-def _started(run_dir: Path) -> bool:
-    """Whether a training step finished (its metrics are logged) or a checkpoint was written."""
-    return (run_dir / "checkpoint.pt").exists() or (run_dir / "logs" / "scalars" / "train").is_dir()
 
 
 def _duration(seconds: float) -> str:
@@ -30,14 +26,17 @@ def _duration(seconds: float) -> str:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
-    with hydra_job_guard(started=_started), quiet_third_party():
+    with hydra_job_guard(), quiet_third_party():  # run_training removes a run dir that never started
         resolved = validate_train_config(cfg)
-        resolved["run_dir"] = hydra.utils.to_absolute_path(resolved["run_dir"])
+        from crystal_env.training.rl import default_run_dir, explicit_keys, run_training
+
+        baseline = validate_train_config(hydra.compose("train"))  # the same config without command-line overrides
+        explicit = explicit_keys(HydraConfig.get().overrides.task, resolved, baseline)
         if resolved.get("resume"):
             resolved["resume"] = hydra.utils.to_absolute_path(resolved["resume"])
-        from crystal_env.training.rl import run_training
-
-        history = run_training(resolved)
+        run_dir = resolved["run_dir"] or default_run_dir(resolved["resume"])
+        resolved["run_dir"] = hydra.utils.to_absolute_path(str(run_dir))
+        history = run_training(resolved, explicit)
     last = history[-1] if history else {}
     print(f"run directory: {resolved['run_dir']}")
     print(f"elapsed: {_duration(time.perf_counter() - start)} (times depend on the machine and its load)")

@@ -15,6 +15,7 @@ from rewards.components import (
 )
 from rewards.composite import CompositeReward
 from rewards.factory import build_reward, reward_names
+from rewards.isolated import IsolatedReward
 from rewards.metrics import METRICS, RewardBatch, register_metric
 from rewards.reference import ReferenceSet, load_reference
 
@@ -26,6 +27,7 @@ __all__ = [
     "CompositionDiversity",
     "Creativity",
     "Energy",
+    "IsolatedReward",
     "Predictor",
     "ReferenceSet",
     "RewardBatch",

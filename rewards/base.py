@@ -83,6 +83,11 @@ class RewardComponent:
         self.eps = float(eps)
         self.name = name or _snake_case(type(self).__name__)
 
+    @property
+    def failure_label(self) -> str:
+        """The key of this component's entry in ``RewardBatch.failures``."""
+        return f"component:{self.name}"
+
     def metric_params(self, metric: str) -> dict:
         """Keyword arguments this component computes ``metric`` with (part of the metric's cache key)."""
         return {}
@@ -92,9 +97,13 @@ class RewardComponent:
         raise NotImplementedError
 
     def score(self, batch: RewardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw values with the worst value filled in, and the (B,) mask of crystals that got it."""
-        raw = torch.as_tensor(self.compute(batch), dtype=torch.float32).reshape(len(batch))
+        """Raw values with the worst value filled in, and the (B,) mask of crystals that got it:
+        invalid crystals, non-finite values, and crystals that failed (error, time budget) in this
+        component's computation or in a metric it used (``batch.failed_in``)."""
+        label = self.failure_label
+        raw = torch.as_tensor(batch.guarded(label, self.compute), dtype=torch.float32).reshape(len(batch))
         failed = ~batch.valid | ~torch.isfinite(raw)
+        failed[list(batch.failed_in([label]))] = True
         if failed.any():
             good = raw[~failed]
             fill = self.worst if self.worst is not None else (float(good.min()) if good.numel() else 0.0)

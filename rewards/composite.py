@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from tensordict import TensorDict
 from rewards.base import RewardComponent, normalize
 from rewards.metrics import RewardBatch
 from rewards.reference import ReferenceSet, load_reference
+from rewards.safety import DEFAULT_CRYSTAL_TIMEOUT
 
 
 class CompositeReward:
@@ -26,6 +28,12 @@ class CompositeReward:
     energy above the hull was computed, ``hull_coverage``: the share of valid crystals whose chemical
     system holds at least one known compound of the hull.
 
+    Fault isolation (:mod:`rewards.safety`): a crystal that is invalid or that a metric or component
+    cannot handle (an error, or more than ``crystal_timeout`` seconds in one metric) gets that
+    component's worst value and never changes the other crystals' raw values. ``last_info`` then
+    has ``problems`` (per crystal: ``None`` or why it got a worst value), ``crystal_failures``
+    (per metric/component: counts by reason) and ``num_timeouts``.
+
     ``total`` is *not* passed through the global ``normalize_fn``: it stays comparable across
     batches (for logging). Agents get advantages with :meth:`normalize` (per group for GRPO).
     """
@@ -36,6 +44,7 @@ class CompositeReward:
         normalize_fn: str | None = "std",
         eps: float = 1e-4,
         reference: ReferenceSet | dict | None = None,
+        crystal_timeout: float | None = DEFAULT_CRYSTAL_TIMEOUT,
     ):
         if not components:
             raise ValueError("CompositeReward needs at least one component")
@@ -48,6 +57,9 @@ class CompositeReward:
         self.normalize_fn = None if normalize_fn in ("null", "none") else normalize_fn
         normalize(torch.zeros(1), self.normalize_fn)  # validate the name now, not mid-training
         self.eps = float(eps)
+        if crystal_timeout is not None and not crystal_timeout > 0:
+            raise ValueError(f"crystal_timeout must be > 0 seconds or null, got {crystal_timeout}")
+        self.crystal_timeout = None if crystal_timeout is None else float(crystal_timeout)
         self._reference = load_reference(**reference) if isinstance(reference, dict) else reference
         self.last_info: dict[str, Any] = {}
 
@@ -67,7 +79,8 @@ class CompositeReward:
 
     def __call__(self, structures: Sequence[Structure | None]) -> TensorDict:
         start = time.perf_counter()
-        batch = RewardBatch(structures, self.reference)
+        # the reference is loaded only if a metric needs it
+        batch = RewardBatch(structures, lambda: self.reference, self.crystal_timeout)
         n = len(batch)
         for c in self.components:  # shared metrics first, each once (the batch memoises them)
             for metric in c.required_metrics:
@@ -84,11 +97,22 @@ class CompositeReward:
         info: dict[str, Any] = {}
         if batch.computed("e_above_hull") and batch.valid.any():
             info["hull_coverage"] = float(batch.metric("hull_covered")[batch.valid.numpy()].mean())
+        problems: list[str | None] = [None if p is None else f"invalid: {p}" for p in batch.problems]
+        for c in self.components:
+            reasons = batch.failed_in([c.failure_label])
+            for i in failed[c.name].nonzero().flatten().tolist():
+                problems[i] = problems[i] or reasons.get(i, f"{c.name}: no finite value")
         self.last_info = {
             **info,
             "num_invalid": int((~batch.valid).sum()),
             "invalid_reasons": dict(batch.invalid_reasons),
             "num_failed": {k: int(v.sum()) for k, v in failed.items()},
+            "problems": problems,
+            "crystal_failures": {
+                label: dict(Counter(": ".join(r.split(": ")[:2]) for r in f.values()))
+                for label, f in batch.failures.items()
+            },
+            "num_timeouts": len({i for f in batch.failures.values() for i, r in f.items() if r == "timeout"}),
             "metric_seconds": dict(batch.timings),
             "seconds": time.perf_counter() - start,
         }

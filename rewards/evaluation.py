@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from pymatgen.core import Structure
+from pymatgen.io.cif import CifParser
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from crystal_env.crystals.validity import is_smact_valid
+from crystal_env.crystals.validity import is_smact_valid, structure_problem
 from rewards.metrics import RewardBatch
 from rewards.reference import ReferenceSet, load_reference
+from rewards.safety import DEFAULT_CRYSTAL_TIMEOUT
 
 METASTABLE = 0.1  # eV/atom
 STABLE = 0.0
@@ -55,6 +59,7 @@ def evaluate_structures(
     relax_steps: int = 0,
     fmax: float = 0.1,
     smact_set: str = "smact14",
+    crystal_timeout: float | None = DEFAULT_CRYSTAL_TIMEOUT,
     progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-crystal metrics and their summary (conventions in :data:`CONVENTIONS`).
@@ -64,7 +69,9 @@ def evaluate_structures(
     FIRE relaxation), metastable (≤ 0.1 eV/atom), stable (≤ 0), S.U.N. and M.S.U.N. Summary: their
     means, the mean and median E_hull of the crystals that have one, and structure/composition
     diversity as 1/(1 + Fréchet distance) between the VAE features of the valid generated crystals
-    and of the reference. ``progress`` shows a bar over these stages.
+    and of the reference. A crystal a metric cannot handle (an error, or more than ``crystal_timeout``
+    seconds) counts as not unique / not novel / without E_hull, with the reason in ``problem``.
+    ``progress`` shows a bar over these stages.
     """
     variants = [("", 0)] + ([("_relaxed", relax_steps)] if relax_steps > 0 else [])
     bar = tqdm(total=3 + len(variants), disable=not progress, desc="evaluation", unit="stage", postfix="reference")
@@ -74,10 +81,17 @@ def evaluate_structures(
         bar.set_postfix_str(name)
 
     reference = reference or load_reference()
-    batch = RewardBatch(structures, reference)
+    batch = RewardBatch(structures, reference, crystal_timeout)
+    structures = batch.structures  # sanitised: oxidation-state-decorated species as plain elements
+
+    def ok(metric: str) -> np.ndarray:  # crystals that did not fail (error, time budget) in ``metric``
+        out = np.ones(len(batch), dtype=bool)
+        out[list(batch.failed_in([metric]))] = False
+        return out
+
     stage("uniqueness, novelty")
-    unique = np.asarray(batch.metric("unique"), dtype=bool)
-    novel = np.asarray(batch.metric("novel"), dtype=bool)
+    unique = np.asarray(batch.metric("unique"), dtype=bool) & ok("unique")
+    novel = np.asarray(batch.metric("novel"), dtype=bool) & ok("novel")
     valid = batch.valid.numpy()
     columns = {
         "formula": [s.composition.reduced_formula if s is not None else "" for s in structures],
@@ -94,7 +108,9 @@ def evaluate_structures(
     for suffix, steps in variants:
         relaxing = f", {steps} FIRE steps" if steps else ""
         stage(f"{mlip} energies of {int(batch.valid.sum())} valid crystals{relaxing}")
-        e_hull = batch.metric("e_above_hull", mlip=mlip, relax_steps=steps, fmax=fmax)
+        e_hull = np.where(
+            ok("e_above_hull"), batch.metric("e_above_hull", mlip=mlip, relax_steps=steps, fmax=fmax), np.nan
+        )
         finite = np.isfinite(e_hull)
         columns[f"e_above_hull{suffix}"] = e_hull
         columns[f"metastable{suffix}"] = finite & (e_hull <= METASTABLE) & valid
@@ -103,6 +119,8 @@ def evaluate_structures(
         columns[f"msun{suffix}"] = columns[f"metastable{suffix}"] & unique & novel
         summary[f"mean_e_above_hull{suffix}"] = float(np.nanmean(e_hull)) if finite.any() else float("nan")
         summary[f"median_e_above_hull{suffix}"] = float(np.nanmedian(e_hull)) if finite.any() else float("nan")
+    for i, reason in batch.failed_in(list(batch.failures)).items():  # every metric that failed on a crystal
+        columns["problem"][i] = columns["problem"][i] or reason
     frame = pd.DataFrame(columns)
     for col in frame.columns:
         if frame[col].dtype == bool and col not in ("hull_covered",):
@@ -121,21 +139,55 @@ def evaluate_structures(
     return frame, summary
 
 
-def read_structures(path: str | Path) -> list[Structure | None]:
+@dataclass
+class CrystalFiles:
+    """Crystals read from files: the usable ones, their file names, and the skipped files' reasons."""
+
+    structures: list[Structure]
+    names: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+UNHANDLED_PROBLEMS = ("disordered", "dummy_species")  # not a generated crystal's flaw: the file's
+
+
+def read_crystal_files(path: str | Path) -> CrystalFiles:
     """Crystals from a folder of CIFs (or its ``cif/`` subfolder, as written by ``scripts/sample.py``)
-    or from a CSV with a ``cif`` column; an unreadable file becomes ``None``."""
+    or from a CSV with a ``cif`` column. Files that cannot be read, or hold disordered sites or dummy
+    species, are skipped with their reason; nothing in a file makes this fail."""
     path = Path(path)
     if path.is_file() and path.suffix == ".csv":
-        return [_parse(text) for text in pd.read_csv(path)["cif"]]
-    folder = path / "cif" if (path / "cif").is_dir() else path
-    files = sorted(folder.glob("*.cif"))
-    if not files:
-        raise FileNotFoundError(f"No CIF files in {folder} (and {path} is not a CSV with a 'cif' column)")
-    return [_parse(f.read_text()) for f in files]
+        frame = pd.read_csv(path)
+        if "cif" not in frame.columns:
+            raise ValueError(f"{path} has no 'cif' column; columns: {list(frame.columns)}")
+        ids = frame["material_id"].astype(str) if "material_id" in frame.columns else frame.index.astype(str)
+        texts = list(zip(ids, frame["cif"].astype(str), strict=True))
+    else:
+        folder = path / "cif" if (path / "cif").is_dir() else path
+        files = sorted(folder.glob("*.cif"))
+        if not files:
+            raise FileNotFoundError(f"No CIF files in {folder} (and {path} is not a CSV with a 'cif' column)")
+        texts = [(f.name, f.read_bytes().decode("utf-8", errors="replace")) for f in files]
+    out = CrystalFiles([], [])
+    for name, text in texts:
+        structure, reason = _parse(text)
+        if structure is not None and structure_problem(structure) in UNHANDLED_PROBLEMS:
+            structure, reason = None, str(structure_problem(structure))
+        if structure is None:
+            out.skipped[name] = reason or "unreadable"
+        else:
+            out.structures.append(structure)
+            out.names.append(name)
+    return out
 
 
-def _parse(cif: str) -> Structure | None:
+def _parse(cif: str) -> tuple[Structure | None, str | None]:
     try:
-        return Structure.from_str(cif, fmt="cif")
-    except Exception:  # noqa: BLE001 - an unreadable crystal is counted as invalid, not fatal
-        return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structures = CifParser.from_str(cif).parse_structures(primitive=False)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is skipped and counted, not fatal
+        return None, f"unreadable ({type(exc).__name__})"
+    if not structures:
+        return None, "unreadable (no structure)"
+    return structures[0], None

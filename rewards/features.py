@@ -10,6 +10,8 @@ import torch
 from pymatgen.core import Structure
 
 from crystal_env import CrystalLDM, load_model
+from crystal_env.crystals.batch import MAX_ATOMIC_NUMBER
+from rewards.safety import note_failure, suspended
 
 FEATURE_KINDS = ("structure", "composition")
 
@@ -21,14 +23,34 @@ def _load(name_or_path: str) -> CrystalLDM:
 
 def get_model(model: str | Path | CrystalLDM = "mp20_tiny") -> CrystalLDM:
     """A VAE + LDM by registered name or path, loaded once per process (instances pass through)."""
-    return model if isinstance(model, CrystalLDM) else _load(str(model))
+    if isinstance(model, CrystalLDM):
+        return model
+    with suspended():  # loading (once per process) is not charged to the crystals being scored
+        return _load(str(model))
+
+
+def encodable(structures: Sequence[Structure | None], model: CrystalLDM) -> list[int]:
+    """Indices of the crystals the VAE can encode; the others (too many atoms, elements beyond its
+    table) are recorded as failed in the current reward computation."""
+    keep = []
+    for i, s in enumerate(structures):
+        if s is None or len(s) == 0:
+            continue
+        if len(s) > model.max_atoms:
+            note_failure(i, f"{len(s)} atoms, more than the VAE's max_atoms ({model.max_atoms})")
+        elif max(s.atomic_numbers) > MAX_ATOMIC_NUMBER:
+            unknown = sorted({el.symbol for el in s.composition.elements if el.Z > MAX_ATOMIC_NUMBER})
+            note_failure(i, f"element(s) {unknown} unknown to the VAE (Z > {MAX_ATOMIC_NUMBER})")
+        else:
+            keep.append(i)
+    return keep
 
 
 @torch.no_grad()
 def vae_features(
     structures: Sequence[Structure | None], model: CrystalLDM, kind: str, chunk: int = 256
 ) -> torch.Tensor:
-    """(n, d) features; NaN rows for ``None`` crystals and crystals larger than the model's max_atoms.
+    """(n, d) features; NaN rows for ``None`` crystals and those the VAE cannot encode (:func:`encodable`).
 
     ``structure``: mean over atoms of the normalised latent means (d = latent_dim);
     ``composition``: mean over atoms of the VAE's atom-type embeddings (d = d_model).
@@ -37,7 +59,7 @@ def vae_features(
         raise ValueError(f"Unknown feature kind {kind!r}; valid: {list(FEATURE_KINDS)}")
     dim = model.latent_dim if kind == "structure" else model.vae.config.d_model
     out = torch.full((len(structures), dim), float("nan"))
-    keep = [i for i, s in enumerate(structures) if s is not None and 0 < len(s) <= model.max_atoms]
+    keep = encodable(structures, model)
     table = model.vae.element_table() if kind == "composition" else None
     for start in range(0, len(keep), chunk):
         idx = keep[start : start + chunk]

@@ -7,9 +7,11 @@ Metric values cover the whole batch (B rows); rows of invalid crystals are NaN /
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,10 +19,11 @@ import torch
 from pymatgen.core import Structure
 
 from crystal_env.crystals.validity import structure_problem
-from rewards import features, novelty
+from rewards import features, novelty, safety
 from rewards.hull import mp_reduced_formulas
 from rewards.mlip import get_mlip
 
+log = logging.getLogger(__name__)
 MetricFn = Callable[..., Any]
 METRICS: dict[str, MetricFn] = {}
 
@@ -34,26 +37,44 @@ def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
 
 
 class RewardBatch:
-    """The crystals of one reward call, their validity, the reference, and the metric cache."""
+    """The crystals of one reward call, their validity, the reference, and the metric cache.
 
-    def __init__(self, structures: Sequence[Structure | None], reference=None):
-        self.structures = list(structures)
+    Structures pass :func:`rewards.safety.sanitize` first. Every metric (and component) runs under
+    :func:`rewards.safety.run_guarded` with ``crystal_timeout`` seconds per crystal (``None``: no
+    limit); crystals that fail in it are listed in ``failures[name]`` (index → reason).
+    """
+
+    def __init__(
+        self,
+        structures: Sequence[Structure | None],
+        reference=None,
+        crystal_timeout: float | None = safety.DEFAULT_CRYSTAL_TIMEOUT,
+    ):
+        self.structures = [safety.sanitize(s) for s in structures]
         self.problems = [structure_problem(s) for s in self.structures]
         self.valid = torch.tensor([p is None for p in self.problems], dtype=torch.bool)
         self._reference = reference
         self._cache: dict[tuple, Any] = {}
         self.timings: dict[str, float] = {}
+        self.crystal_timeout = crystal_timeout
+        self.failures: dict[str, dict[int, str]] = {}
+        self.origin = list(range(len(self.structures)))  # index of each crystal in the reward call
+        self._deps: dict[str, set[str]] = {}
+        self._computing: list[str] = []
 
     def __len__(self) -> int:
         return len(self.structures)
 
     @property
     def reference(self):
-        """The reference set (the bundled default, loaded on first use, unless one was given)."""
+        """The reference set (the bundled default, loaded on first use, unless one was given; a
+        callable given instead is called on first use)."""
         if self._reference is None:
             from rewards.reference import load_reference
 
             self._reference = load_reference()
+        elif callable(self._reference):
+            self._reference = self._reference()
         return self._reference
 
     @property
@@ -75,9 +96,56 @@ class RewardBatch:
         key = (name, tuple(sorted(params.items())))
         if key not in self._cache:
             start = time.perf_counter()
-            self._cache[key] = METRICS[name](self, **params)
+            self._cache[key] = self.guarded(name, lambda b: METRICS[name](b, **params))
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        elif self._computing:
+            self._deps.setdefault(self._computing[-1], set()).add(name)
         return self._cache[key]
+
+    # ---- fault isolation (rewards.safety) ----------------------------------------------------------
+    def guarded(self, label: str, fn: Callable[[RewardBatch], Any]) -> Any:
+        """``fn(self)`` with per-crystal isolation, failures recorded under ``label``."""
+        if self._computing:
+            self._deps.setdefault(self._computing[-1], set()).add(label)
+        self._computing.append(label)
+        try:
+            return safety.run_guarded(self, label, fn)
+        finally:
+            self._computing.pop()
+
+    def record_failures(self, label: str, failures: dict[int, str]) -> None:
+        """Record crystals of this batch that failed in ``label`` (index → reason)."""
+        ours = {i: r for i, r in failures.items() if 0 <= i < len(self)}
+        if len(ours) != len(failures):  # a crystal scope around a loop over some other list
+            log.warning("%s recorded failures outside this batch's %d crystals; ignored", label, len(self))
+        if ours:
+            self.failures.setdefault(label, {}).update(ours)
+
+    def failed_in(self, labels: Sequence[str]) -> dict[int, str]:
+        """Crystals that failed in any of ``labels`` or the metrics they used (index → reason)."""
+        seen, todo, out = set(), list(labels), {}
+        while todo:
+            label = todo.pop()
+            if label in seen:
+                continue
+            seen.add(label)
+            todo.extend(self._deps.get(label, ()))
+            for i, reason in self.failures.get(label, {}).items():
+                out.setdefault(i, f"{label}: {reason}")
+        return out
+
+    def single(self, i: int) -> RewardBatch:
+        """A batch of crystal ``i`` alone (same reference and budget), to probe it in isolation."""
+        single = RewardBatch([self.structures[i]], self._reference, self.crystal_timeout)
+        single.origin = [self.origin[i]]
+        return single
+
+    def masked(self, drop: Collection[int]) -> RewardBatch:
+        """This batch with crystals ``drop`` treated as invalid (sharing caches and failure records)."""
+        view = copy.copy(self)
+        view.valid = self.valid.clone()
+        view.valid[list(drop)] = False
+        return view
 
 
 @register_metric("amd")
@@ -132,7 +200,8 @@ def _mlip_energy(
     device: str = "cpu",
 ) -> np.ndarray:
     """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable."""
-    backend = get_mlip(mlip, model, device)
+    with safety.suspended():  # loading the model (once per process) is not the crystals' time
+        backend = get_mlip(mlip, model, device)
     idx = [i for i, ok in enumerate(batch.valid.tolist()) if ok]
     structures = [batch.structures[i] for i in idx]
     if relax_steps > 0:
@@ -140,6 +209,9 @@ def _mlip_energy(
     out = np.full(len(batch), np.nan)
     if structures:
         out[idx] = backend.energies(structures, batch_size)
+    for i in idx:
+        if not np.isfinite(out[i]):
+            safety.note_failure(i, f"no {mlip} energy")
     return out
 
 
@@ -151,7 +223,10 @@ def _e_above_hull(batch: RewardBatch, **mlip_params: Any) -> np.ndarray:
     out = np.full(len(batch), np.nan)
     for i, (s, e) in enumerate(zip(batch.structures, energies, strict=True)):
         if np.isfinite(e):
-            out[i] = hull.e_above_hull(s.composition, float(e))
+            with safety.crystal_scope(i):
+                out[i] = hull.e_above_hull(s.composition, float(e))
+                if not np.isfinite(out[i]):
+                    safety.note_failure(i, "no hull energy (an element without reference energy, or outside the hull)")
     return out
 
 

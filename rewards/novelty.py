@@ -18,6 +18,8 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
+from rewards.safety import crystal_scope
+
 AMD_K = 100
 PREFILTER_THRESHOLD = 0.5  # scale-free AMD distance (Chebyshev) beyond which no match is attempted
 
@@ -33,10 +35,8 @@ def amd_vectors(structures: Sequence[Structure | None], k: int = AMD_K) -> np.nd
     out = np.full((len(structures), k), np.nan)
     for i, s in enumerate(structures):
         if s is not None:
-            try:
+            with crystal_scope(i):  # a failing (or, in a reward, overrunning) crystal keeps its NaN row
                 out[i] = amd_vector(s, k)
-            except Exception:  # noqa: BLE001 - a degenerate crystal keeps its NaN row
-                pass
     return out
 
 
@@ -128,12 +128,13 @@ def unique_matches(
         if s is None:
             continue
         earlier = seen.setdefault(s.composition.reduced_formula, [])
-        if earlier:
-            hit = first_match(
-                reduced[i], scale_free_amds[i], reduced, earlier, scale_free_amds[earlier], matcher, threshold
-            )
-            out[i] = NO_MATCH if hit is None else hit
-        earlier.append(i)
+        with crystal_scope(i):  # a crystal that fails here is no match target for later ones either
+            if earlier:
+                hit = first_match(
+                    reduced[i], scale_free_amds[i], reduced, earlier, scale_free_amds[earlier], matcher, threshold
+                )
+                out[i] = NO_MATCH if hit is None else hit
+            earlier.append(i)
     return out
 
 
@@ -152,7 +153,9 @@ def novel_matches(
         if s is None:
             continue
         idx = reference.by_formula.get(s.composition.reduced_formula, [])
-        if idx:
+        if not idx:
+            continue
+        with crystal_scope(i):
             hit = first_match(
                 reduced[i],
                 scale_free_amds[i],

@@ -12,8 +12,9 @@ from pymatgen.core import Structure
 from torch import nn
 
 from crystal_env.paths import atomic_write_bytes
-from rewards.features import get_model
+from rewards.features import encodable, get_model
 from rewards.metrics import RewardBatch, register_metric
+from rewards.safety import suspended
 
 PREDICTOR_FORMAT = "rewards.predictor/1"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -23,11 +24,11 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 def pooled_latents(model, structures: Sequence[Structure | None], chunk: int = 256) -> torch.Tensor:
     """(n, 4L + 1): mean, std, min and max over atoms of the normalised latent means, and log N.
 
-    NaN rows for ``None`` crystals and crystals larger than the model's ``max_atoms``.
+    NaN rows for ``None`` crystals and those the VAE cannot encode (:func:`rewards.features.encodable`).
     """
     dim = 4 * model.latent_dim + 1
     out = torch.full((len(structures), dim), float("nan"))
-    keep = [i for i, s in enumerate(structures) if s is not None and 0 < len(s) <= model.max_atoms]
+    keep = encodable(structures, model)
     for start in range(0, len(keep), chunk):
         idx = keep[start : start + chunk]
         z, mask = model.encode([structures[i] for i in idx])
@@ -120,7 +121,9 @@ def get_predictor(checkpoint: str) -> PropertyPredictor:
 
 @register_metric("property_prediction")
 def _property_prediction(batch: RewardBatch, checkpoint: str) -> torch.Tensor:
-    return get_predictor(checkpoint).predict(batch.valid_structures)
+    with suspended():
+        predictor = get_predictor(checkpoint)
+    return predictor.predict(batch.valid_structures)
 
 
 def train_predictor(

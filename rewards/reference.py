@@ -13,7 +13,6 @@ formation energies of the dataset's rows, with the pure elements at 0 (:func:`re
 from __future__ import annotations
 
 import hashlib
-import pickle
 from collections.abc import Sequence
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -27,7 +26,7 @@ from crystal_env import CrystalLDM
 from crystal_env.data import load_dataset
 from crystal_env.data.csv_reader import file_sha256
 from crystal_env.models.registry import resolve_model_path
-from crystal_env.paths import atomic_write_bytes, cache_dir
+from crystal_env.paths import cache_dir, cached
 from rewards import features, novelty
 from rewards.hull import (
     MP_FORMATION_ENERGIES_SHA256,
@@ -36,8 +35,9 @@ from rewards.hull import (
     load_mp_formation_energies,
     load_phase_diagram,
 )
+from rewards.safety import suspended
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: checksummed cache files
 HULLS = ("mp", "dataset")
 ALL_SPLITS = ("train", "val", "test")
 MAX_REFERENCE_FEATURES = 50_000
@@ -55,12 +55,8 @@ def structures_key(structures: Sequence[Structure]) -> str:
 def _cached(kind: str, key: str, build):
     """``build()`` memoised on disk as ``cache_dir()/rewards/<kind>-<hash>.pkl``."""
     path = cache_dir() / "rewards" / f"{kind}-{hashlib.sha256(f'{key}|{CACHE_VERSION}'.encode()).hexdigest()[:24]}.pkl"
-    if path.is_file():
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
-    value = build()
-    atomic_write_bytes(path, pickle.dumps(value))
-    return value
+    with suspended():  # one-off preprocessing: not charged to the crystals being scored
+        return cached(path, build)  # checksummed; a damaged file is rebuilt, never trusted
 
 
 class ReferenceSet:
@@ -98,7 +94,10 @@ class ReferenceSet:
     def amds(self) -> np.ndarray:
         """(n, 100) AMD vectors of the reference crystals."""
         build = lambda: novelty.amd_vectors(self.structures)  # noqa: E731
-        return _cached("amd", self.key, build) if self.use_disk_cache else build()
+        if self.use_disk_cache:
+            return _cached("amd", self.key, build)
+        with suspended():
+            return build()
 
     @cached_property
     def scale_free_amds(self) -> np.ndarray:
@@ -126,7 +125,8 @@ class ReferenceSet:
                 disk_key = f"{self.key}|{model_hash}|{kind}|{self.max_features}"
                 self._features[mem_key] = _cached("vae", disk_key, build)
             else:
-                self._features[mem_key] = build()
+                with suspended():
+                    self._features[mem_key] = build()
         return self._features[mem_key]
 
 

@@ -204,3 +204,29 @@ def test_make_env_and_gymnasium_on_the_bundled_model():
     wrapped = GymWrapper(gym.make("CrystalEnv/LDM-MP20-v0", reward=density_reward, num_steps=3))
     roll = wrapped.rollout(10)
     assert roll.shape[0] == 3 and roll["next", "done"][-1].all()
+
+
+def test_env_edge_cases_are_rejected_or_handled(tiny_model):
+    """Issue 11: NaN in a padding row failed the crystal; mixed step_index values silently finished 7
+    of 8 crystals unscored; step_index -1 and eta=nan were accepted."""
+    env = make_tiny_env(tiny_model, num_steps=2)
+    policy = make_policy(tiny_model)
+    td = policy(env.reset())
+    padding = ~td["mask"]
+    assert padding.any()
+    td["action"][padding] = float("nan")  # garbage in padding rows only
+    nxt = env.step(td)["next"]
+    assert not nxt["failed"].any() and env.num_invalid_actions == 0
+    assert torch.isfinite(nxt["latent"]).all() and nxt["latent"][padding].eq(0).all()
+    mixed = policy(env.reset())
+    mixed["step_index"][1] = 1
+    with pytest.raises(ValueError, match=r"lockstep.*\[0, 1\]"):
+        env.step(mixed)
+    negative = policy(env.reset())
+    negative["step_index"][:] = -1
+    with pytest.raises(ValueError, match="step_index must be in"):
+        env.step(negative)
+    with pytest.raises(ValueError, match="eta must be a finite number"):
+        make_tiny_env(tiny_model, eta=float("nan"))
+    with pytest.raises(ValueError, match="eta must be a finite number"):
+        tiny_model.configure_sampler("ddim", 10, float("inf"))

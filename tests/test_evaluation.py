@@ -9,7 +9,7 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from crystal_env.data import load_dataset
-from rewards.evaluation import evaluate_structures, frechet_distance, read_structures
+from rewards.evaluation import evaluate_structures, frechet_distance, read_crystal_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,12 @@ def test_evaluate_script_end_to_end(tmp_path):
     for i, s in enumerate(ref):
         s.to(filename=str(tmp_path / f"{i}.cif"))
     (tmp_path / "broken.cif").write_text("not a cif")
-    assert len(read_structures(tmp_path)) == 5
+    (tmp_path / "latin1.cif").write_bytes(b"data_x\n_cell_length_a 4\xff\n")
+    # issue 11: one disordered CIF made the script exit 1; unhandleable files are skipped and counted
+    Structure(Lattice.cubic(3.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]]).to(filename=str(tmp_path / "disordered.cif"))
+    files = read_crystal_files(tmp_path)
+    assert files.names == ["0.cif", "1.cif", "2.cif", "3.cif"]
+    assert files.skipped["disordered.cif"] == "disordered" and files.skipped["broken.cif"].startswith("unreadable")
     out = subprocess.run(
         [sys.executable, "scripts/evaluate.py", str(tmp_path), "--out", str(tmp_path / "eval")],
         cwd=REPO,
@@ -69,7 +74,9 @@ def test_evaluate_script_end_to_end(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["n"] == 5 and summary["valid"] == pytest.approx(0.8)
+    assert summary["n"] == 4 and summary["valid"] == 1.0
+    assert summary["skipped_files"] == 3 and summary["skipped_reasons"]["disordered"] == 1
+    assert "disordered.cif" in (tmp_path / "eval" / "skipped.csv").read_text()
     assert summary["novel"] == 0.0  # test-split crystals: novelty is judged against all splits
     assert summary["settings"]["novelty_splits"] == "train,val,test" and "e_above_hull" in summary["conventions"]
     for name in ("per_crystal.csv", "e_above_hull.png", "element_frequency.png", "num_atoms.png"):

@@ -34,7 +34,12 @@ def structures_to_batch(structures: Sequence[Structure], max_atoms: int | None =
     angles = torch.zeros(bsz, 3)
     for i, s in enumerate(structures):
         n = len(s)
-        atom_types[i, :n] = torch.as_tensor(s.atomic_numbers)
+        z = torch.as_tensor(s.atomic_numbers)
+        if n and not 1 <= int(z.min()) <= int(z.max()) <= MAX_ATOMIC_NUMBER:
+            raise ValueError(
+                f"Structure {i} ({s.composition.reduced_formula}) has atomic numbers outside 1..{MAX_ATOMIC_NUMBER}"
+            )
+        atom_types[i, :n] = z
         frac[i, :n] = torch.as_tensor(np.mod(s.frac_coords, 1.0), dtype=torch.float32)
         lengths[i] = torch.as_tensor(s.lattice.abc, dtype=torch.float32)
         angles[i] = torch.as_tensor(s.lattice.angles, dtype=torch.float32)

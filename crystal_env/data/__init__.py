@@ -1,6 +1,6 @@
 """Crystal datasets: CDVAE-format CSV reader, bundled sets and the MP-20 download."""
 
-from crystal_env.data.csv_reader import CrystalDataset, CrystalRecord, load_crystal_csv
+from crystal_env.data.csv_reader import CrystalDataError, CrystalDataset, CrystalRecord, load_crystal_csv
 from crystal_env.data.datasets import (
     DatasetUnavailableError,
     dataset_names,
@@ -10,6 +10,7 @@ from crystal_env.data.datasets import (
 )
 
 __all__ = [
+    "CrystalDataError",
     "CrystalDataset",
     "CrystalRecord",
     "DatasetUnavailableError",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import pickle
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -18,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import DummySpecies, Lattice, Structure
 from pymatgen.io.cif import CifParser
 
-from crystal_env.paths import atomic_write_bytes, cache_dir
+from crystal_env.crystals.validity import MIN_VOLUME_PER_ATOM
+from crystal_env.paths import cache_dir, cached
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 NON_PROPERTY_COLUMNS = {"", "material_id", "cif", "pretty_formula", "formula", "elements"}
 
 
@@ -36,6 +36,10 @@ class CrystalRecord:
     material_id: str
     structure: Structure
     properties: dict[str, float]
+
+
+class CrystalDataError(ValueError):
+    """A dataset file that cannot be read at all (empty, not a CSV, missing columns)."""
 
 
 @dataclass
@@ -97,6 +101,39 @@ def _parse_cif(cif: str) -> Structure:
     return structures[0]
 
 
+def _bad_text(value: object) -> bool:
+    """A field holding bytes that were not UTF-8 (read with ``surrogateescape``)."""
+    return isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _parse_row(cif: str, max_atoms: int, niggli: bool) -> tuple[Structure | None, str | None]:
+    """The row's structure, or ``None`` and the reason it is skipped."""
+    try:
+        structure = _parse_cif(cif)
+    except Exception:  # noqa: BLE001 - any parser failure means an unusable row
+        # pymatgen refuses a cell without an atom-site loop; count it as the empty crystal it is
+        no_sites = "_cell_length_a" in cif and "_atom_site" not in cif
+        return None, "zero_sites" if no_sites else "unparseable_cif"
+    if len(structure) == 0:
+        return None, "zero_sites"
+    if not structure.is_ordered:
+        return None, "disordered"
+    if any(isinstance(sp, DummySpecies) for sp in structure.species):
+        return None, "dummy_species"
+    if not (np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
+        return None, "non_finite"
+    if not structure.volume / len(structure) > MIN_VOLUME_PER_ATOM:
+        return None, "degenerate_lattice"
+    if len(structure) > max_atoms:
+        return None, "too_many_atoms"
+    if niggli:
+        try:
+            structure = structure.get_reduced_structure()
+        except Exception:  # noqa: BLE001 - pymatgen gives up on some pathological cells
+            return None, "niggli_failed"
+    return structure, None
+
+
 def _parse_rows(
     frame: pd.DataFrame, properties: list[str], max_atoms: int, niggli: bool
 ) -> tuple[list[tuple], Counter]:
@@ -105,34 +142,39 @@ def _parse_rows(
     numeric = {p: pd.to_numeric(frame[p], errors="coerce") for p in properties}
     for i, (mid, cif) in enumerate(zip(frame["material_id"], frame["cif"], strict=True)):
         props = {p: float(numeric[p].iloc[i]) for p in properties}
+        if _bad_text(mid) or _bad_text(cif):
+            skipped["invalid_utf8"] += 1
+            continue
         if any(not math.isfinite(v) for v in props.values()):
             skipped["nan_property"] += 1
             continue
         try:
-            structure = _parse_cif(str(cif))
-        except Exception:  # noqa: BLE001 - any parser failure means an unusable row
-            # pymatgen refuses a cell without an atom-site loop; count it as the empty crystal it is
-            no_sites = "_cell_length_a" in str(cif) and "_atom_site" not in str(cif)
-            skipped["zero_sites" if no_sites else "unparseable_cif"] += 1
+            structure, reason = _parse_row(str(cif), max_atoms, niggli)
+            if structure is not None:
+                row = (
+                    str(mid),
+                    structure.lattice.matrix.copy(),
+                    np.array(structure.atomic_numbers, dtype=np.int64),
+                    structure.frac_coords.copy(),
+                    props,
+                )
+        except Exception as exc:  # noqa: BLE001 - whatever else a hand-made row can do wrong
+            structure, reason = None, f"error:{type(exc).__name__}"
+        if structure is None:
+            skipped[reason] += 1
             continue
-        if len(structure) == 0:
-            skipped["zero_sites"] += 1
-            continue
-        if len(structure) > max_atoms:
-            skipped["too_many_atoms"] += 1
-            continue
-        if niggli:
-            structure = structure.get_reduced_structure()
-        rows.append(
-            (
-                str(mid),
-                structure.lattice.matrix.copy(),
-                np.array(structure.atomic_numbers, dtype=np.int64),
-                structure.frac_coords.copy(),
-                props,
-            )
-        )
+        rows.append(row)
     return rows, skipped
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    """The CSV as a frame; bytes that are not UTF-8 survive as surrogates (their rows are skipped)."""
+    try:
+        return pd.read_csv(path, keep_default_na=True, encoding="utf-8", encoding_errors="surrogateescape")
+    except pd.errors.EmptyDataError as exc:
+        raise CrystalDataError(f"Cannot read {path}: the file is empty") from exc
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise CrystalDataError(f"Cannot read {path}: not a readable CSV ({exc})") from exc
 
 
 def load_crystal_csv(
@@ -144,30 +186,31 @@ def load_crystal_csv(
 ) -> CrystalDataset:
     """Load a CDVAE-format CSV into a :class:`CrystalDataset`.
 
-    ``properties`` selects the property columns (default: every numeric column). Rows with an
-    unparseable CIF, no sites, more than ``max_atoms`` sites or a NaN property are skipped and
-    counted in ``dataset.skipped``; loading never fails on them.
+    ``properties`` selects the property columns (default: every numeric column). Bad rows (an
+    unparseable or disordered CIF, dummy species, a non-finite or degenerate cell, no sites, more
+    than ``max_atoms`` sites, a NaN property, bytes that are not UTF-8) are skipped and counted by
+    reason in ``dataset.skipped``; loading never fails on them. A file that cannot be read at all
+    (empty, not a CSV, no ``material_id``/``cif`` column) raises :class:`CrystalDataError` naming it.
+    The parsed rows are cached in a checksummed file (see :func:`crystal_env.paths.cached`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Crystal CSV not found: {path.resolve()}")
     key_src = f"{file_sha256(path)}|{max_atoms}|{niggli}|{list(properties or [])}|{CACHE_FORMAT_VERSION}"
     cache_file = cache_dir() / "datasets" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:24]}.pkl"
-    if use_cache and cache_file.is_file():
-        with open(cache_file, "rb") as fh:
-            rows, skipped = pickle.load(fh)
-    else:
-        frame = pd.read_csv(path, keep_default_na=True)
+
+    def parse() -> tuple[list[tuple], Counter]:
+        frame = _read_frame(path)
         missing = {"material_id", "cif"} - set(frame.columns)
         if missing:
-            raise ValueError(f"{path} lacks required column(s) {sorted(missing)}; found {list(frame.columns)}")
+            raise CrystalDataError(f"{path} lacks required column(s) {sorted(missing)}; found {list(frame.columns)}")
         props = list(properties) if properties is not None else _detect_property_columns(frame)
         unknown = [p for p in props if p not in frame.columns]
         if unknown:
-            raise ValueError(f"Property column(s) {unknown} not in {path}; columns: {list(frame.columns)}")
-        rows, skipped = _parse_rows(frame, props, max_atoms, niggli)
-        if use_cache:
-            atomic_write_bytes(cache_file, pickle.dumps((rows, skipped)))
+            raise CrystalDataError(f"Property column(s) {unknown} not in {path}; columns: {list(frame.columns)}")
+        return _parse_rows(frame, props, max_atoms, niggli)
+
+    rows, skipped = cached(cache_file, parse) if use_cache else parse()
     if skipped:
         log.warning("Skipped %d bad row(s) of %s: %s", sum(skipped.values()), path.name, dict(skipped))
     records = [CrystalRecord(mid, Structure(Lattice(lat), z, frac), props) for mid, lat, z, frac, props in rows]

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from crystal_env.data.csv_reader import CrystalDataset, file_sha256, load_crystal_csv
-from crystal_env.paths import BUNDLED_DATA_DIR, data_dir
+from crystal_env.paths import BUNDLED_DATA_DIR, atomic_write_bytes, data_dir
 
 SPLITS = ("train", "val", "test")
 MP20_URL = "https://raw.githubusercontent.com/txie-93/cdvae/main/data/mp_20"
@@ -59,10 +59,21 @@ def load_dataset(name: str = "mp20_sample", split: str = "train", max_atoms: int
     return load_crystal_csv(path, max_atoms=max_atoms, **kwargs)
 
 
+def _read_manifest(manifest_file: Path) -> dict[str, str]:
+    if not manifest_file.is_file():
+        return {}
+    try:
+        recorded = json.loads(manifest_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Damaged hash manifest {manifest_file} ({exc}); delete it to record new hashes") from exc
+    if not isinstance(recorded, dict):
+        raise ValueError(f"Damaged hash manifest {manifest_file}: expected a JSON object of split -> sha256")
+    return recorded
+
+
 def verify_manifest(directory: Path, splits: list[str]) -> None:
     """Check files against pinned hashes, or against the manifest of the first download."""
-    manifest_file = directory / MANIFEST
-    recorded = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    recorded = _read_manifest(directory / MANIFEST)
     for split in splits:
         expected = MP20_SHA256.get(split) or recorded.get(split)
         if expected is None:
@@ -90,7 +101,7 @@ def download_mp20(
     target.mkdir(parents=True, exist_ok=True)
     pinned = {**MP20_SHA256, **(expected_sha256 or {})}
     manifest_file = target / MANIFEST
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    manifest = _read_manifest(manifest_file)
     for split in SPLITS:
         dest = target / f"{split}.csv"
         expected = pinned.get(split) or manifest.get(split)
@@ -115,5 +126,5 @@ def download_mp20(
             raise ValueError(f"sha256 mismatch for {url}: expected {expected}, got {actual}")
         tmp.replace(dest)
         manifest[split] = actual
-    manifest_file.write_text(json.dumps(manifest, indent=2))
+    atomic_write_bytes(manifest_file, json.dumps(manifest, indent=2).encode())
     return target

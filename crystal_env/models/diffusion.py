@@ -30,8 +30,8 @@ class SamplerConfig:
             raise ValueError(f"Unknown sampler {self.kind!r}; valid: {list(SAMPLERS)}")
         if not 1 <= self.num_steps <= NUM_TRAIN_TIMESTEPS:
             raise ValueError(f"num_steps must be in [1, {NUM_TRAIN_TIMESTEPS}], got {self.num_steps}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if not 0 <= self.eta < float("inf"):  # also rejects NaN, which would make every crystal fail
+            raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
 
 
 class RespacedSchedule:

@@ -42,7 +42,10 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 def load_model(name_or_path: str | Path = "mp20_tiny", device: str | torch.device = "cpu") -> CrystalLDM:
     """Load a VAE + LDM pair by registered name (e.g. ``mp20_tiny``) or checkpoint path, in eval mode."""
     path = resolve_model_path(name_or_path)
-    state = torch.load(path, map_location=device, weights_only=False)
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a truncated or damaged file: say which one
+        raise RuntimeError(f"Model checkpoint {path} is damaged or truncated ({type(exc).__name__}: {exc})") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a training checkpoint that embeds the model
     return CrystalLDM.from_state(state).to(device)

@@ -70,7 +70,13 @@ def train_loop(
     start_epoch, history = 0, []
     best: dict = {"loss": math.inf, "state": None}
     if resume and checkpoint_path.is_file():
-        ckpt = torch.load(checkpoint_path, weights_only=False)
+        try:
+            ckpt = torch.load(checkpoint_path, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a truncated or damaged file: say which one
+            raise RuntimeError(
+                f"Training checkpoint {checkpoint_path} is damaged or truncated ({type(exc).__name__}: {exc}); "
+                "delete it to start over"
+            ) from exc
         module.load_state_dict(ckpt["module"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])

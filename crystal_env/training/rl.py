@@ -1,27 +1,149 @@
 """RL fine-tuning glue: env + reward + policy + agent + trainer from one resolved config dict.
 
 ``scripts/train.py`` is the Hydra front end; tests call :func:`run_training` directly.
+
+A run owns its directory: :func:`run_training` locks it, writes ``config.yaml`` (the configuration
+actually used) and ``train.log``. Resuming restores the configuration saved in the checkpoint;
+only the keys given explicitly on the resume command change, and changes that make the run no
+longer an exact continuation (``PROTECTED_KEYS``) need ``resume_allow_changes=true``.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import logging
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import yaml
 from torchrl.record.loggers import CSVLogger, Logger
 
+from agents.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, remove_stale_temp_files, resolve_checkpoint
 from agents.factory import build_agent
 from agents.trainer import Trainer, TrainerConfig
 from crystal_env.factory import build_reward_fn, make_env
 from crystal_env.models.ldm import CrystalLDM
+from crystal_env.paths import atomic_write_bytes
 from crystal_env.policy import make_policy, make_reference_policy
 
 log = logging.getLogger(__name__)
 NUM_VALIDATION_CIFS = 8
+# Changing these on resume makes the run no longer an exact continuation of the saved one.
+PROTECTED_KEYS = ("env", "reward", "agent", "policy", "seed")
+# Per-invocation keys, never restored from a checkpoint.
+INVOCATION_KEYS = ("run_dir", "resume", "resume_allow_changes")
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+# ---- configuration on resume ---------------------------------------------------------------------
+def _lookup(cfg: dict[str, Any], path: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _assign(cfg: dict[str, Any], path: str, found: bool, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = cfg
+    for part in parents:
+        node = node.setdefault(part, {})
+    if found:
+        node[leaf] = copy.deepcopy(value)
+    else:
+        node.pop(leaf, None)
+
+
+def _diff_paths(a: Any, b: Any, prefix: str = "") -> set[str]:
+    """Dotted paths where two nested configs differ (the deepest differing node)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for key in set(a) | set(b):
+            path = f"{prefix}{key}"
+            if key not in a or key not in b:
+                out.add(path)
+            else:
+                out |= _diff_paths(a[key], b[key], f"{path}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def explicit_keys(overrides: Sequence[str], cfg: dict[str, Any], baseline: dict[str, Any] | None = None) -> list[str]:
+    """Config paths the user set for this invocation: the keys named in ``overrides`` (Hydra
+    ``key=value`` strings; a group choice such as ``reward=energy`` names its whole subtree), plus
+    every path where ``cfg`` differs from ``baseline``, the config composed without overrides
+    (which catches what an ``experiment=...`` choice sets)."""
+    keys = {item.split("=", 1)[0].lstrip("+~") for item in overrides}
+    keys = {k for k in keys if k.split(".")[0] != "hydra"}
+    if baseline is not None:
+        keys |= _diff_paths(cfg, baseline)
+    return sorted(k for k in keys if k.split(".")[0] not in INVOCATION_KEYS)
+
+
+def resume_config(saved: dict[str, Any], cfg: dict[str, Any], explicit: Sequence[str] | None) -> dict[str, Any]:
+    """The saved run's configuration with the ``explicit`` paths taken from ``cfg`` (``None``: all
+    of ``cfg``). Whole top-level groups come from the checkpoint, so a resumed PPO run rebuilds a
+    PPO agent. Raises if a :data:`PROTECTED_KEYS` setting changes without ``resume_allow_changes``."""
+    merged = {k: copy.deepcopy(v) for k, v in cfg.items() if k not in saved or k in INVOCATION_KEYS}
+    merged.update({k: copy.deepcopy(v) for k, v in saved.items() if k not in INVOCATION_KEYS})
+    paths = [k for k in cfg if k not in INVOCATION_KEYS] if explicit is None else list(explicit)
+    for path in paths:
+        _assign(merged, path, *_lookup(cfg, path))
+    changes = sorted(
+        _diff_paths(
+            {k: v for k, v in saved.items() if k not in INVOCATION_KEYS},
+            {k: v for k, v in merged.items() if k not in INVOCATION_KEYS and k in saved},
+        )
+    )
+    for path in changes:
+        log.info("Resume override: %s = %r (saved run: %r)", path, _lookup(merged, path)[1], _lookup(saved, path)[1])
+    breaking = [p for p in changes if p.split(".")[0] in PROTECTED_KEYS]
+    if breaking and not cfg.get("resume_allow_changes", False):
+        detail = ", ".join(f"{p}: {_lookup(saved, p)[1]!r} -> {_lookup(merged, p)[1]!r}" for p in breaking)
+        raise ValueError(
+            f"Resuming would change settings that make the run no longer an exact continuation ({detail}). "
+            "Drop these overrides to continue the saved run as it was, or pass resume_allow_changes=true."
+        )
+    return merged
+
+
+# ---- the run directory ---------------------------------------------------------------------------
+def default_run_dir(resume: str | None) -> Path:
+    """A resumed run continues in its own directory; a new one gets ``runs/train/<date>_<time>``."""
+    if resume:
+        ckpt = resolve_checkpoint(resume)
+        return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return Path("runs/train") / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def truncate_csv_logs(log_dir: Path, last_step: int) -> int:
+    """Drop the CSV scalar rows logged after ``last_step`` (steps a resumed run will log again) and
+    any torn last line; returns the number of rows dropped."""
+    dropped = 0
+    for path in sorted(log_dir.glob("scalars/**/*.csv")):
+        lines = path.read_text().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            step, sep, value = line.strip().partition(",")
+            try:
+                ok = bool(sep) and line.endswith("\n") and int(step) <= last_step and bool(value)
+                float(value)
+            except ValueError:
+                ok = False
+            if ok:
+                keep.append(line)
+        if len(keep) != len(lines):
+            dropped += len(lines) - len(keep)
+            atomic_write_bytes(path, "".join(keep).encode())
+    return dropped
 
 
 def make_loggers(cfg: dict[str, Any], run_dir: Path) -> list[Logger]:
@@ -79,12 +201,82 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
-    """Train with a resolved config (keys: env, reward, agent, logger, trainer, seed, run_dir, resume)."""
+def run_training(cfg: dict[str, Any], explicit: Sequence[str] | None = None) -> list[dict[str, float]]:
+    """Train with a resolved config (keys: env, reward, agent, logger, trainer, seed, run_dir, resume).
+
+    With ``resume``, the configuration saved in the checkpoint is used, except for the config paths
+    in ``explicit`` (``None``: every key of ``cfg``), see :func:`resume_config`. ``run_dir`` (``None``:
+    the resumed run's own directory, or a new timestamped one) is locked for the whole run.
+    """
+    cfg = copy.deepcopy(cfg)
+    state = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
+    run_dir = Path(cfg.get("run_dir") or default_run_dir(cfg.get("resume"))).resolve()
     rank, world = _distributed()
+    created = not run_dir.exists()
+    lock = RunDirLock(run_dir).acquire() if rank == 0 else None
+    file_log = _open_train_log(run_dir) if rank == 0 else None
+    if lock is not None and lock.stale_holder:
+        log.warning("Took over the stale lock of %s (pid %s is no longer running)", lock.path, lock.stale_holder)
+    try:
+        if state is not None:
+            log.info("Resuming %s from step %d", run_dir, state["step"])
+            cfg = resume_config(state.get("config") or {}, cfg, explicit)
+        cfg["run_dir"] = str(run_dir)
+        if rank == 0:
+            _prepare_run_dir(run_dir, cfg, state)
+        return _train(cfg, run_dir, state, rank, world)
+    except BaseException:
+        if lock is not None and created and not _started(run_dir):
+            lock.release()  # a run that failed before its first step leaves no directory behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if file_log is not None:
+            logging.getLogger().removeHandler(file_log)
+            file_log.close()
+        if lock is not None:
+            lock.release()
+
+
+def _started(run_dir: Path) -> bool:
+    """Whether a training step finished (its metrics are logged) or a checkpoint was written."""
+    return (run_dir / CHECKPOINT_NAME).exists() or (run_dir / "logs" / "scalars" / "train").is_dir()
+
+
+def _open_train_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", mode="a")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _prepare_run_dir(run_dir: Path, cfg: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """Under the lock: refuse to start afresh over another run, drop log rows a resume will
+    rewrite, remove temp files of killed writers, write ``config.yaml``."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if state is None and checkpoint.is_file():
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({checkpoint}); continue it with resume={run_dir}, "
+            "or choose another run_dir"
+        )
+    if state is None:
+        log.info("New run in %s", run_dir)
+    logs = run_dir / "logs"
+    if logs.is_dir():
+        last = state["step"] if state is not None else -1
+        dropped = truncate_csv_logs(logs, last)
+        if dropped:
+            log.warning("Dropped %d CSV log row(s) of %s written after step %d (not checkpointed)", dropped, logs, last)
+    for stale in remove_stale_temp_files(checkpoint):
+        log.warning("Removed %s, left by a run killed while writing its checkpoint", stale)
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
+
+
+def _train(
+    cfg: dict[str, Any], run_dir: Path, state: dict[str, Any] | None, rank: int, world: int
+) -> list[dict[str, float]]:
     seed = int(cfg.get("seed", 0)) + rank  # each rank collects its own groups
     torch.manual_seed(seed)
-    run_dir = Path(cfg["run_dir"])
     env_cfg = dict(cfg["env"])
     agent_cfg = dict(cfg["agent"])
     from hydra.utils import get_class
@@ -130,7 +322,7 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
     )
     if world > 1:
         log.info("rank %d/%d: data-parallel training, gradients all-reduced", rank, world)
-    history = trainer.fit(resume=cfg.get("resume"))
+    history = trainer.fit(resume=state)
     for logger in trainer.loggers:
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
             logger.experiment.finish()
