@@ -14,11 +14,11 @@ def test_reproduce_tiny_writes_results_tables_and_plots(tmp_path, capsys):
     reproduce.main(argv)
     results = json.loads((out / "results.json").read_text())
     meta = results["meta"]
-    assert meta["command"].startswith("crystal-rl-reproduce --tiny") and meta["tiny"] and meta["commit"]
+    assert meta["command"].startswith("crystal-rl-reproduce --tiny") and meta["commit"]
     assert set(results["experiments"]) == {"dng_mp20", "stability_perov5"}
     for name, exp in results["experiments"].items():
         em = exp["meta"]
-        assert em["seed"] == 1 and em["train_seed"] == 0 and em["relax_steps"] == 2 and em["commit"]
+        assert em["seed"] == 1 and em["train_seed"] == 0 and em["relax_steps"] == 2 and em["commit"] and em["tiny"]
         assert set(em["wall_time_s"]) == {"training", "sampling and evaluation"}
         assert exp["training"]["steps"] == [0, 1, 2]
         assert len(exp["training"]["rows"]["val/reward"]) == 3 and "val/energy" in exp["training"]["rows"]
