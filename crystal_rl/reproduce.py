@@ -280,9 +280,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
     if unknown:
         raise SystemExit(f"error: unknown experiment(s) {unknown}; valid: {list(EXPERIMENTS)}")
     command = "crystal-rl-reproduce" + (" " + shlex.join(argv) if argv else "")
+    commit = git_commit()  # the code the runs start from
     for name in names:
         result = run_experiment(name, args, sizes, out, work)
-        result["meta"].update(command=command, commit=git_commit(), machine=_machine(), tiny=args.tiny)
+        result["meta"].update(command=command, commit=commit, machine=_machine(), tiny=args.tiny)
         (out / name / "experiment.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     if not args.skip_benchmark:
