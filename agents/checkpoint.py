@@ -16,18 +16,23 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def capture_rng(generators: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Global RNG states plus the given generator states (tensors from ``Generator.get_state()``)."""
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
         "generators": {k: v.clone() for k, v in generators.items()},
     }
+    if torch.cuda.is_available():  # a policy on a GPU samples its noise from the CUDA generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_global_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -51,4 +56,5 @@ def resolve_checkpoint(path_or_dir: str | Path) -> Path:
 
 
 def load_checkpoint(path_or_dir: str | Path) -> dict[str, Any]:
-    return torch.load(resolve_checkpoint(path_or_dir), weights_only=False)
+    """The checkpoint's payload, tensors on the CPU (``load_state_dict`` moves them to each module's device)."""
+    return torch.load(resolve_checkpoint(path_or_dir), map_location="cpu", weights_only=False)

@@ -34,6 +34,7 @@ class CompositeReward:
         normalize_fn: str | None = "std",
         eps: float = 1e-4,
         reference: ReferenceSet | dict | None = None,
+        device: str = "cpu",
     ):
         if not components:
             raise ValueError("CompositeReward needs at least one component")
@@ -46,6 +47,7 @@ class CompositeReward:
         self.normalize_fn = None if normalize_fn in ("null", "none") else normalize_fn
         normalize(torch.zeros(1), self.normalize_fn)  # validate the name now, not mid-training
         self.eps = float(eps)
+        self.device = str(device)  # where the MLIP and VAE features run unless a component says otherwise
         self._reference = load_reference(**reference) if isinstance(reference, dict) else reference
         self.last_info: dict[str, Any] = {}
 
@@ -65,7 +67,7 @@ class CompositeReward:
 
     def __call__(self, structures: Sequence[Structure | None]) -> TensorDict:
         start = time.perf_counter()
-        batch = RewardBatch(structures, self.reference)
+        batch = RewardBatch(structures, self.reference, device=self.device)
         n = len(batch)
         for c in self.components:  # shared metrics first, each once (the batch memoises them)
             for metric in c.required_metrics:

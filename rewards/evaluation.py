@@ -34,6 +34,7 @@ def evaluate_structures(
     reference: ReferenceSet | None = None,
     model: str = "mp20_tiny",
     mlip: str = "chgnet",
+    device: str = "cpu",
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-crystal metrics and their summary.
 
@@ -41,10 +42,11 @@ def evaluate_structures(
     the set), novel (no match in the reference), energy above the reference hull (MLIP), metastable
     (≤ 0.1 eV/atom), stable (≤ 0), S.U.N. and M.S.U.N. Summary: their means, the mean e_hull of the
     crystals that have one, and structure/composition diversity as 1/(1 + Fréchet distance) between
-    the VAE features of the valid generated crystals and of the reference.
+    the VAE features of the valid generated crystals and of the reference. The MLIP and the VAE
+    run on ``device``.
     """
     reference = reference or load_reference()
-    batch = RewardBatch(structures, reference)
+    batch = RewardBatch(structures, reference, device=device)
     e_hull = batch.metric("e_above_hull", mlip=mlip)
     unique = np.asarray(batch.metric("unique"), dtype=bool)
     novel = np.asarray(batch.metric("novel"), dtype=bool)
@@ -77,7 +79,7 @@ def evaluate_structures(
     for kind, key in (("structure", "vae_structure_features"), ("composition", "vae_composition_features")):
         gen = batch.metric(key, model=model)
         gen = gen[torch.isfinite(gen).all(1)]
-        ref = reference.vae_features(model, kind)
+        ref = reference.vae_features(model, kind, device=device)
         summary[f"{kind}_diversity"] = 1.0 / (1.0 + frechet_distance(gen, ref)) if len(gen) > 1 else float("nan")
     return frame, summary
 

@@ -29,12 +29,16 @@ def load_reward_config(name_or_config: str | Path | Mapping | DictConfig) -> Dic
     raise ValueError(f"Unknown reward {str(name_or_config)!r}; valid names: {reward_names()}, or a .yaml path")
 
 
-def build_reward(name_or_config: str | Path | Mapping | DictConfig, overrides: Sequence[str] = ()) -> Any:
+def build_reward(
+    name_or_config: str | Path | Mapping | DictConfig, overrides: Sequence[str] = (), device: str | None = None
+) -> Any:
     """Instantiate a reward: a config name (``dng``), a YAML path, or a config mapping.
 
     A component is any class named by ``_target_`` (so a user's own module works unchanged).
     ``overrides`` are ``key=value`` strings, e.g. ``components.1.weight=2.0`` or ``normalize_fn=null``.
-    A config without a top-level ``_target_`` is a :class:`rewards.CompositeReward`.
+    A config without a top-level ``_target_`` is a :class:`rewards.CompositeReward`. ``device``
+    (e.g. the env's) is where a :class:`rewards.CompositeReward` runs its MLIP and VAE features,
+    unless the config sets ``device`` itself.
     """
     cfg = load_reward_config(name_or_config)
     for item in overrides:
@@ -44,4 +48,7 @@ def build_reward(name_or_config: str | Path | Mapping | DictConfig, overrides: S
         OmegaConf.update(cfg, key.strip(), yaml.safe_load(value) if value else None, merge=True)
     if "_target_" not in cfg:
         cfg._target_ = "rewards.CompositeReward"
+    if device is not None and cfg._target_ in ("rewards.CompositeReward", "rewards.composite.CompositeReward"):
+        if cfg.get("device") is None:
+            cfg.device = str(device)
     return instantiate(cfg, _convert_="all")

@@ -33,9 +33,13 @@ def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
 
 
 class RewardBatch:
-    """The crystals of one reward call, their validity, the reference, and the metric cache."""
+    """The crystals of one reward call, their validity, the reference, and the metric cache.
 
-    def __init__(self, structures: Sequence[Structure | None], reference=None):
+    ``device``: where model-based metrics (MLIP, VAE features) run unless their parameters say otherwise.
+    """
+
+    def __init__(self, structures: Sequence[Structure | None], reference=None, device: str = "cpu"):
+        self.device = str(device)
         self.structures = list(structures)
         self.problems = [structure_problem(s) for s in self.structures]
         self.valid = torch.tensor([p is None for p in self.problems], dtype=torch.bool)
@@ -103,10 +107,11 @@ def _mlip_energy(
     relax_steps: int = 0,
     fmax: float = 0.1,
     batch_size: int = 16,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> np.ndarray:
-    """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable."""
-    backend = get_mlip(mlip, model, device)
+    """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable.
+    ``device``: None = the batch's."""
+    backend = get_mlip(mlip, model, device or batch.device)
     idx = [i for i, ok in enumerate(batch.valid.tolist()) if ok]
     structures = [batch.structures[i] for i in idx]
     if relax_steps > 0:
@@ -130,10 +135,11 @@ def _e_above_hull(batch: RewardBatch, **mlip_params: Any) -> np.ndarray:
 
 
 @register_metric("vae_structure_features")
-def _vae_structure_features(batch: RewardBatch, model: Any = "mp20_tiny") -> torch.Tensor:
-    return features.vae_features(batch.valid_structures, features.get_model(model), "structure")
+def _vae_structure_features(batch: RewardBatch, model: Any = "mp20_tiny", device: str | None = None) -> torch.Tensor:
+    return features.vae_features(batch.valid_structures, features.get_model(model, device or batch.device), "structure")
 
 
 @register_metric("vae_composition_features")
-def _vae_composition_features(batch: RewardBatch, model: Any = "mp20_tiny") -> torch.Tensor:
-    return features.vae_features(batch.valid_structures, features.get_model(model), "composition")
+def _vae_composition_features(batch: RewardBatch, model: Any = "mp20_tiny", device: str | None = None) -> torch.Tensor:
+    model = features.get_model(model, device or batch.device)
+    return features.vae_features(batch.valid_structures, model, "composition")

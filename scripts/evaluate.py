@@ -76,12 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="mp20_tiny", help="VAE for the diversity features")
     p.add_argument("--reference", default="mp20_sample", help="reference dataset (novelty, hull, plots)")
     p.add_argument("--mlip", default="chgnet", choices=["chgnet", "mace"])
+    p.add_argument("--device", default="cpu", help="where the MLIP and the VAE run (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     structures = read_structures(args.input)
     out = Path(args.out) if args.out else Path(args.input) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    frame, summary = evaluate_structures(structures, load_reference(args.reference), args.model, args.mlip)
+    frame, summary = evaluate_structures(
+        structures, load_reference(args.reference), args.model, args.mlip, device=args.device
+    )
     frame.to_csv(out / "per_crystal.csv", index=False)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not args.no_plots:

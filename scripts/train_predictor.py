@@ -17,7 +17,13 @@ from rewards.predictor import train_predictor
 def main(cfg: DictConfig) -> None:
     c = OmegaConf.to_container(cfg, resolve=True)
     predictor, metrics = train_predictor(
-        model=c["model"], dataset=c["dataset"], target=c["target"], max_atoms=c["max_atoms"], **c["head"], **c["train"]
+        model=c["model"],
+        dataset=c["dataset"],
+        target=c["target"],
+        max_atoms=c["max_atoms"],
+        device=c["device"],
+        **c["head"],
+        **c["train"],
     )
     out = hydra.utils.to_absolute_path(c["out"])
     predictor.save(out)

@@ -92,8 +92,9 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
     required_group = getattr(get_class(agent_cfg["_target_"]), "required_group_size", None)
     if required_group is not None:
         env_cfg["group_size"] = required_group
-    reward_fn = build_reward_fn(cfg["reward"])
-    env = make_env(env_cfg, reward=reward_fn, seed=seed, device=cfg.get("device", "cpu"))
+    device = cfg.get("device", "cpu")
+    reward_fn = build_reward_fn(cfg["reward"], device=device)
+    env = make_env(env_cfg, reward=reward_fn, seed=seed, device=device)
     trainer_cfg = dict(cfg["trainer"])
     val_batch = trainer_cfg.pop("val_batch_size", env.batch_size[0])
     val_env = None
@@ -103,7 +104,7 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
             {**env_cfg, "batch_size": val_batch, "group_size": group},
             reward=reward_fn,
             seed=seed + 10_000,
-            device=cfg.get("device", "cpu"),
+            device=device,
         )
         val_env.model = env.model  # one model in memory: the policy being trained
     model = env.model
