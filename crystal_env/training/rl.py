@@ -14,8 +14,10 @@ import torch
 import torch.distributed as dist
 from torchrl.record.loggers import CSVLogger, Logger
 
+from agents.base import Agent
 from agents.factory import build_agent
 from agents.trainer import Trainer, TrainerConfig
+from crystal_env.env import CrystalDiffusionEnv
 from crystal_env.factory import build_reward_fn, make_env
 from crystal_env.models.ldm import CrystalLDM
 from crystal_env.policy import make_policy, make_reference_policy
@@ -79,12 +81,11 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
-    """Train with a resolved config (keys: env, reward, agent, logger, trainer, seed, run_dir, resume)."""
-    rank, world = _distributed()
-    seed = int(cfg.get("seed", 0)) + rank  # each rank collects its own groups
-    torch.manual_seed(seed)
-    run_dir = Path(cfg["run_dir"])
+def build_training(
+    cfg: dict[str, Any], seed: int, val_batch_size: int | None = None
+) -> tuple[Agent, CrystalDiffusionEnv, CrystalDiffusionEnv | None]:
+    """The agent, the training env and (if ``val_batch_size``) the validation env of a resolved
+    config (keys: env, reward, agent, policy, device), all on ``cfg["device"]``."""
     env_cfg = dict(cfg["env"])
     agent_cfg = dict(cfg["agent"])
     from hydra.utils import get_class
@@ -95,13 +96,11 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
     device = cfg.get("device", "cpu")
     reward_fn = build_reward_fn(cfg["reward"], device=device)
     env = make_env(env_cfg, reward=reward_fn, seed=seed, device=device)
-    trainer_cfg = dict(cfg["trainer"])
-    val_batch = trainer_cfg.pop("val_batch_size", env.batch_size[0])
     val_env = None
-    if val_batch:
-        group = env_cfg["group_size"] if val_batch % env_cfg["group_size"] == 0 else 1
+    if val_batch_size:
+        group = env_cfg["group_size"] if val_batch_size % env_cfg["group_size"] == 0 else 1
         val_env = make_env(
-            {**env_cfg, "batch_size": val_batch, "group_size": group},
+            {**env_cfg, "batch_size": val_batch_size, "group_size": group},
             reward=reward_fn,
             seed=seed + 10_000,
             device=device,
@@ -119,6 +118,18 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
         num_steps=env.num_steps,
         reward_normalizer=getattr(reward_fn, "normalize", None),
     )
+    return agent, env, val_env
+
+
+def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
+    """Train with a resolved config (keys: env, reward, agent, logger, trainer, seed, run_dir, resume)."""
+    rank, world = _distributed()
+    seed = int(cfg.get("seed", 0)) + rank  # each rank collects its own groups
+    torch.manual_seed(seed)
+    run_dir = Path(cfg["run_dir"])
+    trainer_cfg = dict(cfg["trainer"])
+    val_batch = trainer_cfg.pop("val_batch_size", int(cfg["env"]["batch_size"]))
+    agent, env, val_env = build_training(cfg, seed, val_batch)
     trainer = Trainer(
         agent,
         env,
@@ -127,7 +138,7 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
         run_dir,
         loggers=make_loggers(dict(cfg.get("logger", {})), run_dir) if rank == 0 else [],
         config=cfg,
-        hooks=[crystal_hooks(model)],
+        hooks=[crystal_hooks(env.model)],
     )
     if world > 1:
         log.info("rank %d/%d: data-parallel training, gradients all-reduced", rank, world)
