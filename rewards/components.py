@@ -14,48 +14,51 @@ from rewards.metrics import RewardBatch
 from rewards.mmd import mmd_contributions
 from rewards.predictor import get_predictor
 
-ZERO_DISTANCE = 1e-9  # Å; AMD distances at or below this count as "identical"
-
 
 class Creativity(RewardComponent):
     """1 if unique in the batch and novel w.r.t. the reference, 0 if neither.
 
-    Otherwise (a new crystal repeated in the batch, or a first copy of a known one) the smallest
-    non-zero AMD distance (k = 100, Chebyshev, Å) to the crystals of the same reduced formula in the
-    reference and the rest of the batch, capped at 1 so it never beats a fully creative crystal.
+    Otherwise the AMD distance (k = 100, Chebyshev, Å) to the crystal it matched — the reference
+    crystal for a first copy of a known crystal, the earlier batch crystal for a repeat of a new one —
+    capped at 1 so it never beats a fully creative crystal. An exact copy scores 0; a copy that the
+    matcher accepts within its tolerances scores its small distance, whatever other polymorphs of
+    the formula are known. (The reference implementation takes the smallest non-zero distance to
+    *any* same-formula crystal, which gives an exact copy of a known crystal ~1 when a different
+    polymorph is also known.)
     """
 
-    required_metrics = ("unique", "novel", "amd")
+    required_metrics = ("unique_match", "novel_match", "unique", "novel", "amd")
     worst = 0.0
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         unique, novel, amds = batch.metric("unique"), batch.metric("novel"), batch.metric("amd")
-        valid = batch.valid.tolist()
-        formulas = [s.composition.reduced_formula if s is not None else None for s in batch.valid_structures]
+        unique_match, novel_match = batch.metric("unique_match"), batch.metric("novel_match")
         out = torch.zeros(len(batch))
-        for i, ok in enumerate(valid):
+        for i, ok in enumerate(batch.valid.tolist()):
             if not ok or unique[i] == novel[i]:
                 out[i] = float(unique[i] and novel[i])
                 continue
-            ref_amds = batch.reference.formula_amds(formulas[i])
-            same = [j for j, f in enumerate(formulas) if f == formulas[i] and j != i]
-            dist = np.abs(np.vstack([ref_amds, amds[same]]) - amds[i]).max(axis=1)
-            dist = dist[np.isfinite(dist) & (dist > ZERO_DISTANCE)]
-            out[i] = min(float(dist.min()), 1.0) if dist.size else 0.0
+            matched = batch.reference.amds[novel_match[i]] if not novel[i] else amds[unique_match[i]]
+            dist = float(np.abs(matched - amds[i]).max())
+            out[i] = min(dist, 1.0) if np.isfinite(dist) else 0.0
         return out
 
 
 class Energy(RewardComponent):
-    """−clamp(E_hull, 0, 1) with E_hull (eV/atom) from an MLIP against the reference hull; failures → −1.
+    """−clamp(E_hull, 0, ``max_e_hull``) with E_hull (eV/atom) from an MLIP against the reference hull.
 
-    ``device``: where the MLIP runs (None: the reward's device, i.e. the env's)."""
+    ``max_e_hull`` (default 1.0, the reference implementation's) bounds the penalty: crystals further
+    above the hull all score −max_e_hull, so the reward only discriminates below it. Failures (no
+    energy, no hull) get the worst value −max_e_hull. ``device``: where the MLIP runs (None: the
+    reward's device, i.e. the env's).
+    """
 
     required_metrics = ("e_above_hull",)
-    worst = -1.0
 
     def __init__(
         self,
         mlip: str = "chgnet",
+        max_e_hull: float = 1.0,
         model: str | None = None,
         relax_steps: int = 0,
         fmax: float = 0.1,
@@ -64,6 +67,10 @@ class Energy(RewardComponent):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if not max_e_hull > 0:
+            raise ValueError(f"max_e_hull must be > 0 eV/atom, got {max_e_hull}")
+        self.max_e_hull = float(max_e_hull)
+        self.worst = -self.max_e_hull
         self.mlip_params = dict(
             mlip=mlip,
             model=None if model is None else str(model),
@@ -78,7 +85,7 @@ class Energy(RewardComponent):
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         e_hull = torch.as_tensor(batch.metric("e_above_hull", **self.mlip_params), dtype=torch.float32)
-        return -e_hull.clamp(0.0, 1.0)  # NaN (no energy / no hull) stays NaN and becomes `worst`
+        return -e_hull.clamp(0.0, self.max_e_hull)  # NaN (no energy / no hull) stays NaN and becomes `worst`
 
 
 class _Diversity(RewardComponent):
@@ -165,9 +172,17 @@ class AtomicDensity(RewardComponent):
 
 
 class SMACTValidity(RewardComponent):
-    """1 if the composition passes SMACT's charge-neutrality and electronegativity screen, else 0."""
+    """1 if the composition passes SMACT's charge-neutrality and electronegativity screen, else 0.
+
+    ``oxidation_states_set``: ``smact14`` (default) or ``icsd24`` (the reference implementation's).
+    """
 
     worst = 0.0
 
+    def __init__(self, oxidation_states_set: str = "smact14", **kwargs: Any):
+        super().__init__(**kwargs)
+        is_smact_valid(None, oxidation_states_set)  # validate the name now
+        self.oxidation_states_set = oxidation_states_set
+
     def compute(self, batch: RewardBatch) -> torch.Tensor:
-        return torch.tensor([float(is_smact_valid(s)) for s in batch.valid_structures])
+        return torch.tensor([float(is_smact_valid(s, self.oxidation_states_set)) for s in batch.valid_structures])

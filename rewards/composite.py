@@ -22,7 +22,9 @@ class CompositeReward:
     ``total``; one entry per component name (its weighted, normalised term of the total);
     ``("raw", name)`` the raw component values; ``("failed", name)`` the crystals that component
     gave its worst value (invalid crystal or e.g. MLIP failure); ``invalid`` the structurally
-    invalid crystals. Never NaN. :attr:`last_info` holds counts and per-metric timings.
+    invalid crystals. Never NaN. :attr:`last_info` holds counts and per-metric timings, and, when an
+    energy above the hull was computed, ``hull_coverage``: the share of valid crystals whose chemical
+    system holds at least one known compound of the hull.
 
     ``total`` is *not* passed through the global ``normalize_fn``: it stays comparable across
     batches (for logging). Agents get advantages with :meth:`normalize` (per group for GRPO).
@@ -81,7 +83,11 @@ class CompositeReward:
             out[c.name] = torch.nan_to_num(term, nan=0.0, posinf=0.0, neginf=0.0)
             total = total + out[c.name]
         out["total"] = total
+        info: dict[str, Any] = {}
+        if batch.computed("e_above_hull") and batch.valid.any():
+            info["hull_coverage"] = float(batch.metric("hull_covered")[batch.valid.numpy()].mean())
         self.last_info = {
+            **info,
             "num_invalid": int((~batch.valid).sum()),
             "invalid_reasons": dict(batch.invalid_reasons),
             "num_failed": {k: int(v.sum()) for k, v in failed.items()},

@@ -1,33 +1,49 @@
 """Convex hulls for the energy above the hull of generated crystals.
 
-Default (offline): a hull of *formation* energies per atom, from a dataset's DFT formation energies
-with the pure elements at 0. A generated crystal's formation energy is
-``(E_MLIP − Σ n_i μ_i) / N`` with ``μ_i`` the Materials Project elemental reference energies per
-atom (2023-02-07, the convention of Matbench Discovery), bundled with the package.
-Alternatively a user-supplied pickled ``PatchedPhaseDiagram`` / ``PhaseDiagram`` of MP2020-corrected
-total energies (e.g. built from all of the Materials Project) is used with the total energy directly.
+Default: a hull of DFT *formation* energies per atom over all of the Materials Project (the bundled
+Matbench ``mp_e_form`` file, 132,752 entries, see :func:`mp_hull`), plus the reference dataset's own
+rows, with every pure element at 0. A generated crystal's formation energy is
+``(E_MLIP − Σ n_i μ_i) / N`` with ``μ_i`` the Materials Project elemental reference energies per atom
+(2023-02-07, the convention of Matbench Discovery), bundled with the package.
+
+The hull energy at a composition x is a linear programme over the entries of its chemical system
+and all of its sub-systems (each a fractional composition ``c_j`` and formation energy ``e_j``)::
+
+    E_hull(x) = min Σ_j w_j e_j   subject to   Σ_j w_j c_j = x,  w ≥ 0
+
+solved with HiGHS (``scipy.optimize.linprog``). It equals pymatgen's
+``PhaseDiagram.get_hull_energy_per_atom`` (tested) but never builds the qhull facets, whose cost
+explodes with the number of elements (a 13-element system of MP did not finish in 200 s; the LP takes
+~0.1 s). Alternatively a user-supplied pickled ``PatchedPhaseDiagram`` / ``PhaseDiagram`` of
+MP2020-corrected total energies is used with the total energy directly (:func:`load_phase_diagram`).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import pickle
+import re
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
-from itertools import combinations
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from pymatgen.analysis.phase_diagram import PatchedPhaseDiagram, PDEntry, PhaseDiagram
-from pymatgen.core import Composition
+from pymatgen.core import Composition, Element
+from scipy.optimize import linprog
 
 from crystal_env.paths import PACKAGE_DIR
 
-ELEMENTAL_REFS_FILE = (
-    PACKAGE_DIR / "data" / "refs" / "mp_elemental_refs" / "2023-02-07-mp-elemental-reference-entries.json.gz"
-)
+REFS_DIR = PACKAGE_DIR / "data" / "refs"
+ELEMENTAL_REFS_FILE = REFS_DIR / "mp_elemental_refs" / "2023-02-07-mp-elemental-reference-entries.json.gz"
+MP_FORMATION_ENERGIES_FILE = REFS_DIR / "mp_formation_energies" / "mp_e_form.csv.gz"
+MP_FORMATION_ENERGIES_SHA256 = "c382ef24c2fe8ef65c6d2666489db9216e4b06cc821a1e1742b704790a55608a"
+NUM_ELEMENTS = 118
 
 
 @lru_cache(maxsize=1)
@@ -53,50 +69,139 @@ def formation_energy_per_atom(composition: Composition, energy_per_atom: float) 
     return energy_per_atom - mu
 
 
+_FORMULA_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*)")
+
+
+def _parse_amounts(composition: Composition | str) -> dict[int, float] | None:
+    """{Z: amount} of a composition; a plain formula like ``Li2O1`` is parsed without pymatgen (fast)."""
+    if isinstance(composition, str) and _FORMULA_TOKEN.sub("", composition) == "":
+        out: dict[int, float] = {}
+        for symbol, amount in _FORMULA_TOKEN.findall(composition):
+            z = _Z.get(symbol)
+            if z is None:
+                return None
+            out[z] = out.get(z, 0.0) + (float(amount) if amount else 1.0)
+        return out
+    comp = Composition(composition)
+    if any(el.Z > NUM_ELEMENTS for el in comp.elements):
+        return None
+    return {el.Z: float(amt) for el, amt in comp.element_composition.items()}
+
+
+def _fraction_key(amounts: dict[int, float]) -> tuple[tuple[int, float], ...]:
+    total = sum(amounts.values())
+    return tuple(sorted((z, round(x / total, 10)) for z, x in amounts.items() if x > 0))
+
+
+_Z = {el.symbol: el.Z for el in Element}
+
+
 class FormationEnergyHull:
     """Lower convex hull of formation energies per atom, with every pure element at 0.
 
-    Phase diagrams are built lazily, one per chemical system that is queried, from the entries
-    whose elements are a subset of it, so any number of elements is fine.
+    Entries are reduced to the lowest energy per reduced formula (only the lowest polymorph can be
+    on the hull) and indexed by element set as bit masks, so the candidates of any chemical system
+    are found with two vectorised integer operations. Hull energies are memoised per composition.
     """
 
     def __init__(self, compositions: Sequence[Composition | str], e_form_per_atom: Sequence[float]):
-        self._by_system: dict[frozenset[str], list[tuple[Composition, float]]] = {}
+        best: dict[tuple, tuple[str, float]] = {}
         for comp, e in zip(compositions, e_form_per_atom, strict=True):
-            comp = Composition(comp)
-            if len(comp.elements) > 1 and math.isfinite(e):
-                key = frozenset(el.symbol for el in comp.elements)
-                self._by_system.setdefault(key, []).append((comp, float(e)))
-        self._diagrams: dict[frozenset[str], PhaseDiagram] = {}
+            amounts = _parse_amounts(comp)
+            if amounts is None or len(amounts) < 2 or not math.isfinite(e):
+                continue
+            key = _fraction_key(amounts)
+            if key not in best or e < best[key][1]:
+                best[key] = (str(comp) if isinstance(comp, str) else comp.formula.replace(" ", ""), float(e))
+        self.formulas = [f for f, _ in best.values()]
+        self.energies = np.array([e for _, e in best.values()], dtype=np.float64)
+        keys = list(best)
+        self._lo = np.array([_mask([z for z, _ in k], 0) for k in keys], dtype=np.uint64)
+        self._hi = np.array([_mask([z for z, _ in k], 64) for k in keys], dtype=np.uint64)
+        # sparse fractional compositions: entry j has (Z, fraction) pairs _z[_ptr[j]:_ptr[j+1]]
+        self._ptr = np.cumsum([0] + [len(k) for k in keys])
+        self._z = np.array([z for k in keys for z, _ in k], dtype=np.int64)
+        self._frac = np.array([x for k in keys for _, x in k], dtype=np.float64)
+        self._memo: dict[tuple, float] = {}
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_system.values())
+        return len(self.formulas)
 
-    def _diagram(self, system: frozenset[str]) -> PhaseDiagram:
-        if system not in self._diagrams:
-            entries = [PDEntry(Composition({el: 1}), 0.0) for el in sorted(system)]
-            for size in range(2, len(system) + 1):
-                for sub in combinations(sorted(system), size):
-                    entries += [
-                        PDEntry(comp, e * comp.num_atoms) for comp, e in self._by_system.get(frozenset(sub), [])
-                    ]
-            self._diagrams[system] = PhaseDiagram(entries)
-        return self._diagrams[system]
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_memo"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._memo = {}
+
+    def _candidates(self, zs: Sequence[int]) -> np.ndarray:
+        """Indices of the entries whose elements are all in ``zs``."""
+        lo, hi = np.uint64(_mask(zs, 0)), np.uint64(_mask(zs, 64))
+        return np.flatnonzero(((self._lo & ~lo) == 0) & ((self._hi & ~hi) == 0))
+
+    def has_compound(self, composition: Composition | str) -> bool:
+        """Whether the chemical system of ``composition`` holds at least one known compound."""
+        amounts = _parse_amounts(composition)
+        return bool(amounts) and bool(len(self._candidates(list(amounts))))
+
+    def hull_energy_per_atom(self, composition: Composition | str) -> float:
+        """Formation energy per atom of the hull at ``composition`` (0 for a pure element)."""
+        amounts = _parse_amounts(composition)
+        if not amounts or sum(amounts.values()) <= 0:
+            return math.nan
+        key = _fraction_key(amounts)
+        if key not in self._memo:
+            self._memo[key] = self._solve(key)
+        return self._memo[key]
+
+    def _solve(self, key: tuple[tuple[int, float], ...]) -> float:
+        zs = [z for z, _ in key]
+        if len(zs) == 1:
+            return 0.0
+        row = {z: i for i, z in enumerate(zs)}
+        cand = self._candidates(zs)
+        a = np.zeros((len(zs), len(zs) + len(cand)))
+        a[:, : len(zs)] = np.eye(len(zs))  # the pure elements at 0
+        for col, j in enumerate(cand, start=len(zs)):
+            sl = slice(self._ptr[j], self._ptr[j + 1])
+            a[[row[z] for z in self._z[sl]], col] = self._frac[sl]
+        cost = np.concatenate([np.zeros(len(zs)), self.energies[cand]])
+        target = np.array([x for _, x in key])
+        res = linprog(cost, A_eq=a, b_eq=target, bounds=(0, None), method="highs")
+        return float(res.fun) if res.status == 0 else math.nan
 
     def e_above_hull_from_formation(self, composition: Composition | str, e_form_per_atom: float) -> float:
         """Energy above the hull (eV/atom, negative below it) of a formation energy per atom."""
-        comp = Composition(composition)
-        if not math.isfinite(e_form_per_atom) or comp.num_atoms == 0:
+        if not math.isfinite(e_form_per_atom):
             return math.nan
-        system = frozenset(el.symbol for el in comp.elements)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hull_energy = self._diagram(system).get_hull_energy_per_atom(comp)
-        return float(e_form_per_atom - hull_energy)
+        return float(e_form_per_atom - self.hull_energy_per_atom(composition))
 
     def e_above_hull(self, composition: Composition, energy_per_atom: float) -> float:
         """Energy above the hull of an MP2020-compatible total energy per atom."""
         return self.e_above_hull_from_formation(composition, formation_energy_per_atom(composition, energy_per_atom))
+
+
+def _mask(zs: Sequence[int], offset: int) -> int:
+    return sum(1 << (z - 1 - offset) for z in zs if offset < z <= offset + 64)
+
+
+def load_mp_formation_energies(path: str | Path = MP_FORMATION_ENERGIES_FILE) -> tuple[list[str], np.ndarray]:
+    """The bundled Materials Project formulas and DFT formation energies (eV/atom), sha256-checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Materials Project formation energies not found at {path} (reinstall the package)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if path == MP_FORMATION_ENERGIES_FILE and digest != MP_FORMATION_ENERGIES_SHA256:
+        raise ValueError(f"{path} is damaged: sha256 {digest}, expected {MP_FORMATION_ENERGIES_SHA256}")
+    frame = pd.read_csv(path)
+    return frame["formula"].astype(str).tolist(), frame["target"].to_numpy(dtype=np.float64)
+
+
+@lru_cache(maxsize=1)
+def mp_reduced_formulas() -> frozenset[str]:
+    """Reduced formulas of every Materials Project composition in the bundled file."""
+    formulas, _ = load_mp_formation_energies()
+    return frozenset(Composition(f).reduced_formula for f in set(formulas))
 
 
 class PhaseDiagramHull:
@@ -104,9 +209,18 @@ class PhaseDiagramHull:
 
     def __init__(self, diagram: PhaseDiagram | PatchedPhaseDiagram):
         self.diagram = diagram
+        self._elements = {el.symbol for el in diagram.elements}
+
+    def has_compound(self, composition: Composition | str) -> bool:
+        comp = Composition(composition)
+        system = {el.symbol for el in comp.elements}
+        return any(
+            len(e.composition.elements) > 1 and {el.symbol for el in e.composition.elements} <= system
+            for e in self.diagram.stable_entries
+        )
 
     def e_above_hull(self, composition: Composition, energy_per_atom: float) -> float:
-        if not math.isfinite(energy_per_atom):
+        if not math.isfinite(energy_per_atom) or not {el.symbol for el in composition.elements} <= self._elements:
             return math.nan
         entry = PDEntry(composition, energy_per_atom * composition.num_atoms)
         try:

@@ -18,6 +18,7 @@ from pymatgen.core import Structure
 
 from crystal_env.crystals.validity import structure_problem
 from rewards import features, novelty
+from rewards.hull import mp_reduced_formulas
 from rewards.mlip import get_mlip
 
 MetricFn = Callable[..., Any]
@@ -69,6 +70,10 @@ class RewardBatch:
     def invalid_reasons(self) -> Counter:
         return Counter(p for p in self.problems if p is not None)
 
+    def computed(self, name: str) -> bool:
+        """Whether ``name`` has been computed for this batch (with any parameters)."""
+        return any(key[0] == name for key in self._cache)
+
     def metric(self, name: str, **params: Any) -> Any:
         if name not in METRICS:
             raise KeyError(f"Unknown metric {name!r}; registered: {sorted(METRICS)}")
@@ -97,15 +102,36 @@ def _scale_free_amd(batch: RewardBatch) -> np.ndarray:
     return novelty.scale_free(batch.metric("amd"), batch.valid_structures)
 
 
+@register_metric("unique_match")
+def _unique_match(batch: RewardBatch) -> np.ndarray:
+    """Index of the earlier crystal of the batch a crystal matches (``novelty.NO_MATCH`` if none)."""
+    return novelty.unique_matches(batch.valid_structures, _scale_free_amd(batch), batch.reference.matcher)
+
+
+@register_metric("novel_match")
+def _novel_match(batch: RewardBatch) -> np.ndarray:
+    """Index of the reference crystal a crystal matches (``novelty.NO_MATCH`` if none)."""
+    ref = batch.reference
+    return novelty.novel_matches(batch.valid_structures, _scale_free_amd(batch), ref, ref.matcher)
+
+
 @register_metric("unique")
 def _unique(batch: RewardBatch) -> np.ndarray:
-    return novelty.unique_flags(batch.valid_structures, _scale_free_amd(batch), batch.reference.matcher)
+    """Valid and matching no earlier crystal of the batch (``StructureMatcher``, default tolerances)."""
+    return batch.valid.numpy() & (batch.metric("unique_match") == novelty.NO_MATCH)
 
 
 @register_metric("novel")
 def _novel(batch: RewardBatch) -> np.ndarray:
-    ref = batch.reference
-    return novelty.novel_flags(batch.valid_structures, _scale_free_amd(batch), ref, ref.matcher)
+    """Valid and matching no crystal of the reference set (``StructureMatcher``, default tolerances)."""
+    return batch.valid.numpy() & (batch.metric("novel_match") == novelty.NO_MATCH)
+
+
+@register_metric("novel_formula")
+def _novel_formula(batch: RewardBatch) -> np.ndarray:
+    """Valid and with a reduced formula that no Materials Project entry (bundled file) has."""
+    known = mp_reduced_formulas()
+    return np.array([s is not None and s.composition.reduced_formula not in known for s in batch.valid_structures])
 
 
 @register_metric("mlip_energy")
@@ -124,7 +150,7 @@ def _mlip_energy(
     idx = [i for i, ok in enumerate(batch.valid.tolist()) if ok]
     structures = [batch.structures[i] for i in idx]
     if relax_steps > 0:
-        structures = backend.relax(structures, relax_steps, fmax)
+        structures = backend.relax(structures, relax_steps, fmax, batch_size)
     out = np.full(len(batch), np.nan)
     if structures:
         out[idx] = backend.energies(structures, batch_size)
@@ -141,6 +167,14 @@ def _e_above_hull(batch: RewardBatch, **mlip_params: Any) -> np.ndarray:
         if np.isfinite(e):
             out[i] = hull.e_above_hull(s.composition, float(e))
     return out
+
+
+@register_metric("hull_covered")
+def _hull_covered(batch: RewardBatch) -> np.ndarray:
+    """Whether a valid crystal's chemical system holds at least one known compound of the hull
+    (if not, its E_hull is just its formation energy against the elements)."""
+    hull = batch.reference.hull
+    return np.array([s is not None and hull.has_compound(s.composition) for s in batch.valid_structures])
 
 
 @register_metric("vae_structure_features")

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MLIP_NAMES = ("chgnet", "mace")
 DEFAULT_MACE_MODEL = "medium"
+GPA = 0.006241509125883258  # eV/Å³ per GPa (ase.units.GPa)
 
 
 class MLIPBackend:
@@ -64,29 +65,92 @@ class MLIPBackend:
             return raw
         return np.array([mp2020_corrected(s, e) for s, e in zip(structures, raw, strict=True)])
 
-    def relax(self, structures: Sequence[Structure], steps: int, fmax: float = 0.1) -> list[Structure]:
-        """FIRE relaxation of positions and cell, at most ``steps`` steps per crystal.
+    def _batch_efs(
+        self, structures: Sequence[Structure], batch_size: int
+    ) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Total energy (eV), forces (eV/Å) and stress (3×3, eV/Å³, ASE sign) of a batch; may raise.
 
-        A crystal whose relaxation fails is returned unrelaxed.
+        Backends without a batched implementation relax one crystal at a time through ASE.
         """
+        raise NotImplementedError
+
+    def _safe_efs(self, structures: Sequence[Structure], batch_size: int) -> list[tuple | None]:
+        try:
+            return list(self._batch_efs(structures, batch_size))
+        except Exception as exc:  # noqa: BLE001 - isolate the crystal that broke the batch
+            log.debug("%s batched forces failed (%s); retrying crystals one by one", self.name, exc)
+        out: list[tuple | None] = []
+        for s in structures:
+            try:
+                out.append(self._batch_efs([s], 1)[0])
+            except Exception:  # noqa: BLE001 - this crystal stays unrelaxed
+                out.append(None)
+        return out
+
+    def relax(
+        self, structures: Sequence[Structure], steps: int, fmax: float = 0.1, batch_size: int = 16
+    ) -> list[Structure]:
+        """FIRE relaxation of positions and cell (ASE ``FIRE`` on a ``FrechetCellFilter``), at most
+        ``steps`` steps or until every force (and stress term) is below ``fmax`` eV/Å.
+
+        All crystals advance in lockstep: each FIRE step is one batched MLIP call for the crystals
+        not yet converged. A crystal whose relaxation fails (or goes non-finite) is returned unrelaxed.
+        """
+        from ase.calculators.singlepoint import SinglePointCalculator
         from ase.filters import FrechetCellFilter
         from ase.optimize import FIRE
 
-        calc = self.ase_calculator()
-        out = []
-        for s in structures:
-            try:
-                atoms = AseAtomsAdaptor.get_atoms(s)
-                atoms.calc = calc
-                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        try:
+            self._batch_efs([], batch_size)
+        except NotImplementedError:
+            return [self._relax_one(s, steps, fmax) for s in structures]
+        atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
+        filters = [FrechetCellFilter(a) for a in atoms]
+        optimizers = [FIRE(f, logfile=None) for f in filters]
+        failed: set[int] = set()
+        active = list(range(len(structures)))
+        for step in range(steps + 1):
+            if not active:
+                break
+            current = [AseAtomsAdaptor.get_structure(atoms[i]) for i in active]
+            still = []
+            for i, result in zip(active, self._safe_efs(current, batch_size), strict=True):
+                if result is None or not all(np.isfinite(np.asarray(x)).all() for x in result):
+                    failed.add(i)
+                    continue
+                energy, forces, stress = result
+                atoms[i].calc = SinglePointCalculator(
+                    atoms[i], energy=energy, free_energy=energy, forces=forces, stress=stress
+                )
+                if step == steps or np.linalg.norm(filters[i].get_forces(), axis=1).max() < fmax:
+                    continue
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=fmax, steps=steps)
-                relaxed = AseAtomsAdaptor.get_structure(atoms)
-                out.append(relaxed if np.isfinite(relaxed.lattice.matrix).all() else s)
-            except Exception as exc:  # noqa: BLE001 - keep the unrelaxed crystal
-                log.debug("relaxation failed on %s: %s", s.composition.reduced_formula, exc)
-                out.append(s)
+                    optimizers[i].step()
+                still.append(i)
+            active = still
+        out = []
+        for i, s in enumerate(structures):
+            relaxed = None if i in failed else AseAtomsAdaptor.get_structure(atoms[i])
+            ok = relaxed is not None and np.isfinite(relaxed.lattice.matrix).all() and relaxed.volume > 0
+            out.append(relaxed if ok else s)
         return out
+
+    def _relax_one(self, s: Structure, steps: int, fmax: float) -> Structure:
+        from ase.filters import FrechetCellFilter
+        from ase.optimize import FIRE
+
+        try:
+            atoms = AseAtomsAdaptor.get_atoms(s)
+            atoms.calc = self.ase_calculator()
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=fmax, steps=steps)
+            relaxed = AseAtomsAdaptor.get_structure(atoms)
+            return relaxed if np.isfinite(relaxed.lattice.matrix).all() else s
+        except Exception as exc:  # noqa: BLE001 - keep the unrelaxed crystal
+            log.debug("relaxation failed on %s: %s", s.composition.reduced_formula, exc)
+            return s
 
 
 class CHGNetBackend(MLIPBackend):
@@ -110,6 +174,21 @@ class CHGNetBackend(MLIPBackend):
             preds = self.model.predict_structure(list(structures), task="e", batch_size=batch_size)
         preds = [preds] if isinstance(preds, dict) else preds
         return np.array([float(p["e"]) for p in preds])  # CHGNet predicts eV/atom
+
+    def _batch_efs(
+        self, structures: Sequence[Structure], batch_size: int
+    ) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        if not structures:
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            preds = self.model.predict_structure(list(structures), task="efs", batch_size=batch_size)
+        preds = [preds] if isinstance(preds, dict) else preds
+        # eV/atom → eV; stress GPa → eV/Å³ (the factor CHGNetCalculator uses)
+        return [
+            (float(p["e"]) * len(s), np.asarray(p["f"], dtype=np.float64), np.asarray(p["s"], dtype=np.float64) * GPA)
+            for s, p in zip(structures, preds, strict=True)
+        ]
 
     def ase_calculator(self):
         from chgnet.model.dynamics import CHGNetCalculator

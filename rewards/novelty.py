@@ -110,14 +110,18 @@ def naive_first_match(query: Structure, candidates: Sequence[Structure], matcher
     return None
 
 
-def unique_flags(
+NO_MATCH = -1
+
+
+def unique_matches(
     structures: Sequence[Structure | None],
     scale_free_amds: np.ndarray,
     matcher: StructureMatcher,
     threshold: float | None = PREFILTER_THRESHOLD,
 ) -> np.ndarray:
-    """True where no earlier crystal of the batch matches (``None`` entries are never unique)."""
-    out = np.zeros(len(structures), dtype=bool)
+    """Per crystal, the index of the first earlier crystal of the batch that matches it, or
+    :data:`NO_MATCH` (unique). ``None`` entries get :data:`NO_MATCH` too; they are never unique."""
+    out = np.full(len(structures), NO_MATCH, dtype=np.int64)
     reduced = ReducedStructures(structures, matcher)
     seen: dict[str, list[int]] = {}
     for i, s in enumerate(structures):
@@ -128,30 +132,28 @@ def unique_flags(
             hit = first_match(
                 reduced[i], scale_free_amds[i], reduced, earlier, scale_free_amds[earlier], matcher, threshold
             )
-            out[i] = hit is None
-        else:
-            out[i] = True
+            out[i] = NO_MATCH if hit is None else hit
         earlier.append(i)
     return out
 
 
-def novel_flags(
+def novel_matches(
     structures: Sequence[Structure | None],
     scale_free_amds: np.ndarray,
     reference,
     matcher: StructureMatcher,
     threshold: float | None = PREFILTER_THRESHOLD,
 ) -> np.ndarray:
-    """True where no reference crystal matches (``reference`` is a :class:`rewards.ReferenceSet`)."""
-    out = np.zeros(len(structures), dtype=bool)
+    """Per crystal, the index of a matching reference crystal (``reference`` is a
+    :class:`rewards.ReferenceSet`), or :data:`NO_MATCH` (novel, or a ``None`` entry)."""
+    out = np.full(len(structures), NO_MATCH, dtype=np.int64)
     reduced = ReducedStructures(structures, matcher)
     for i, s in enumerate(structures):
         if s is None:
             continue
         idx = reference.by_formula.get(s.composition.reduced_formula, [])
-        out[i] = (
-            not idx
-            or first_match(
+        if idx:
+            hit = first_match(
                 reduced[i],
                 scale_free_amds[i],
                 reference.reduced,
@@ -160,6 +162,5 @@ def novel_flags(
                 matcher,
                 threshold,
             )
-            is None
-        )
+            out[i] = NO_MATCH if hit is None else hit
     return out

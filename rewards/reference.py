@@ -5,8 +5,9 @@ model) is computed on first use and cached on disk under ``cache_dir()/rewards``
 of its inputs (the crystals' coordinates, the hull's energies, the VAE checkpoint's bytes).
 
 Default (:func:`load_reference`): the bundled MP-20 sample. Novelty and diversity are measured
-against its *train* split (the crystals the generator was trained on); the hull is built from the
-DFT formation energies of all three splits plus the pure elements at 0.
+against all three of its splits (as the reference implementation and the literature count novelty);
+the hull is every Materials Project formation energy in the bundled ``mp_e_form`` file plus the DFT
+formation energies of the dataset's rows, with the pure elements at 0 (:func:`rewards.hull.mp_hull`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ from crystal_env.data.csv_reader import file_sha256
 from crystal_env.models.registry import resolve_model_path
 from crystal_env.paths import atomic_write_bytes, cache_dir
 from rewards import features, novelty
-from rewards.hull import FormationEnergyHull, PhaseDiagramHull, load_phase_diagram
+from rewards.hull import (
+    MP_FORMATION_ENERGIES_SHA256,
+    FormationEnergyHull,
+    PhaseDiagramHull,
+    load_mp_formation_energies,
+    load_phase_diagram,
+)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+HULLS = ("mp", "dataset")
+ALL_SPLITS = ("train", "val", "test")
 MAX_REFERENCE_FEATURES = 50_000
 
 
@@ -122,31 +131,60 @@ class ReferenceSet:
         return self._features[mem_key]
 
 
-def dataset_hull(dataset: str, splits: Sequence[str], max_atoms: int) -> FormationEnergyHull:
-    """Hull of a dataset's DFT ``formation_energy_per_atom`` (all rows of ``splits``), elements at 0."""
+def dataset_hull(dataset: str, splits: Sequence[str], max_atoms: int, hull: str = "mp") -> FormationEnergyHull:
+    """Hull of a dataset's DFT ``formation_energy_per_atom`` (all rows of ``splits``), elements at 0.
+
+    ``hull="mp"`` (default) adds every Materials Project entry of the bundled ``mp_e_form`` file;
+    ``hull="dataset"`` uses the dataset's rows alone (only meaningful for a dataset that covers its
+    chemistry, e.g. for tests).
+    """
+    if hull not in HULLS:
+        raise ValueError(f"Unknown hull {hull!r}; valid: {list(HULLS)}")
     comps, energies = [], []
     for split in splits:
         ds = load_dataset(dataset, split, max_atoms=max_atoms)
-        comps += [r.structure.composition.formula for r in ds]
+        if "formation_energy_per_atom" not in ds.property_names:
+            continue
+        comps += [r.structure.composition.formula.replace(" ", "") for r in ds]
         energies += ds.property_values("formation_energy_per_atom").tolist()
     key = hashlib.sha256(repr((comps, energies)).encode()).hexdigest()
-    return _cached("hull", key, lambda: FormationEnergyHull(comps, energies))
+    if hull == "mp":
+        key += MP_FORMATION_ENERGIES_SHA256
+
+        def build() -> FormationEnergyHull:
+            mp_formulas, mp_energies = load_mp_formation_energies()
+            return FormationEnergyHull(mp_formulas + comps, mp_energies.tolist() + energies)
+
+    else:
+
+        def build() -> FormationEnergyHull:
+            return FormationEnergyHull(comps, energies)
+
+    return _cached(f"hull-{hull}", key, build)
 
 
 def load_reference(
     dataset: str = "mp20_sample",
-    novelty_splits: Sequence[str] = ("train",),
-    hull_splits: Sequence[str] = ("train", "val", "test"),
+    novelty_splits: Sequence[str] = ALL_SPLITS,
+    hull_splits: Sequence[str] = ALL_SPLITS,
     phase_diagram: str | None = None,
     max_atoms: int = 20,
     max_features: int = MAX_REFERENCE_FEATURES,
+    hull: str = "mp",
 ) -> ReferenceSet:
     """A dataset's reference set, built once per process (and its preprocessing cached on disk).
 
+    ``novelty_splits``: the known crystals of novelty and diversity (default all splits).
+    ``hull``: ``mp`` (all of the Materials Project + the dataset's rows) or ``dataset`` (its rows only).
     ``phase_diagram``: path to a pickled ``PatchedPhaseDiagram`` of MP2020-compatible total energies
-    to use instead of the dataset's formation-energy hull.
+    to use instead of the formation-energy hull.
     """
-    return _load_reference(dataset, tuple(novelty_splits), tuple(hull_splits), phase_diagram, max_atoms, max_features)
+    for split in (*novelty_splits, *hull_splits):
+        if split not in ALL_SPLITS:
+            raise ValueError(f"Unknown split {split!r}; valid: {list(ALL_SPLITS)}")
+    return _load_reference(
+        dataset, tuple(novelty_splits), tuple(hull_splits), phase_diagram, max_atoms, max_features, hull
+    )
 
 
 @lru_cache(maxsize=4)
@@ -157,9 +195,12 @@ def _load_reference(
     phase_diagram: str | None,
     max_atoms: int,
     max_features: int,
+    hull: str,
 ) -> ReferenceSet:
     structures = [s for split in novelty_splits for s in load_dataset(dataset, split, max_atoms=max_atoms).structures]
-    hull = load_phase_diagram(phase_diagram) if phase_diagram else dataset_hull(dataset, hull_splits, max_atoms)
-    ref = ReferenceSet(structures, hull, name=dataset, max_features=max_features)
+    hull_obj = (
+        load_phase_diagram(phase_diagram) if phase_diagram else dataset_hull(dataset, hull_splits, max_atoms, hull)
+    )
+    ref = ReferenceSet(structures, hull_obj, name=dataset, max_features=max_features)
     _ = ref.amds  # the novelty checks need them on every call
     return ref

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from crystal_env.data import load_dataset  # noqa: E402
-from rewards.evaluation import evaluate_structures, read_structures  # noqa: E402
+from rewards.evaluation import CONVENTIONS, evaluate_structures, read_structures  # noqa: E402
 from rewards.reference import load_reference  # noqa: E402
 
 
@@ -76,17 +76,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="mp20_tiny", help="VAE for the diversity features")
     p.add_argument("--reference", default="mp20_sample", help="reference dataset (novelty, hull, plots)")
     p.add_argument("--mlip", default="chgnet", choices=["chgnet", "mace"])
+    p.add_argument("--novelty-splits", default="train,val,test", help="reference splits novelty is judged against")
+    p.add_argument("--hull", default="mp", choices=["mp", "dataset"], help="mp: all of the Materials Project")
+    p.add_argument("--phase-diagram", default=None, help="pickled PatchedPhaseDiagram to use as the hull instead")
+    p.add_argument("--relax-steps", type=int, default=0, help="> 0: also report E_hull etc. after FIRE relaxation")
+    p.add_argument("--fmax", type=float, default=0.1, help="relaxation force threshold (eV/Å)")
+    p.add_argument("--smact-set", default="smact14", help="SMACT oxidation-state set (smact14, icsd24, ...)")
     p.add_argument("--device", default="cpu", help="where the MLIP and the VAE run (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     structures = read_structures(args.input)
     out = Path(args.out) if args.out else Path(args.input) / "eval"
     out.mkdir(parents=True, exist_ok=True)
+    reference = load_reference(
+        args.reference,
+        novelty_splits=args.novelty_splits.split(","),
+        hull=args.hull,
+        phase_diagram=args.phase_diagram,
+    )
     frame, summary = evaluate_structures(
-        structures, load_reference(args.reference), args.model, args.mlip, device=args.device
+        structures, reference, args.model, args.mlip, args.relax_steps, args.fmax, args.smact_set, device=args.device
     )
     frame.to_csv(out / "per_crystal.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    settings = {k: v for k, v in vars(args).items() if k not in ("input", "out", "no_plots")}
+    record = {**summary, "settings": settings, "conventions": CONVENTIONS}
+    (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     if not args.no_plots:
         plot(frame, structures, args.reference, out)
     print(json.dumps(summary, indent=2))

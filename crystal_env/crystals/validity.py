@@ -45,25 +45,31 @@ def is_structurally_valid(structure: Structure | None) -> bool:
     return structure_problem(structure) is None
 
 
+SMACT_OXIDATION_STATE_SETS = ("smact14", "icsd16", "icsd24", "pymatgen_sp", "wiki")
+
+
 @lru_cache(maxsize=65536)
-def _smact_valid_formula(formula: str) -> bool:
+def _smact_valid_formula(formula: str, oxidation_states_set: str) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return bool(smact_validity(Composition(formula), oxidation_states_set="smact14"))
+            return bool(smact_validity(Composition(formula), oxidation_states_set=oxidation_states_set))
         except Exception:  # noqa: BLE001 - smact raises on elements it has no data for
             return False
 
 
-def is_smact_valid(composition: Composition | Structure | None) -> bool:
+def is_smact_valid(composition: Composition | Structure | None, oxidation_states_set: str = "smact14") -> bool:
     """Charge-neutral with plausible oxidation states and Pauling electronegativity order (SMACT).
 
-    Uses SMACT's original oxidation-state table (``smact14``), the set CDVAE-style metrics use;
-    single elements and all-metal alloys count as valid.
+    ``oxidation_states_set``: ``smact14`` (default; SMACT's original table, the one CDVAE-style
+    metrics use) or ``icsd24`` (the oxidation states seen in the 2024 ICSD, what Chemeleon2 uses), or
+    another of SMACT's sets. Single elements and all-metal alloys count as valid.
     """
+    if oxidation_states_set not in SMACT_OXIDATION_STATE_SETS:
+        raise ValueError(f"Unknown oxidation_states_set {oxidation_states_set!r}; valid: {SMACT_OXIDATION_STATE_SETS}")
     if composition is None:
         return False
     comp = composition.composition if isinstance(composition, Structure) else composition
     if comp.num_atoms == 0:
         return False
-    return _smact_valid_formula(comp.formula)
+    return _smact_valid_formula(comp.formula, oxidation_states_set)

@@ -47,6 +47,11 @@ class RespacedSchedule(nn.Module):
 
     The last step has ᾱ' = 1, so σ = 0: it is deterministic.
 
+    Timesteps are evenly strided from 0 ("leading" spacing, as the reference implementation's
+    ``ddimK``): T·k/K for k = K−1, …, 0, so 50 steps start at t = 980 and 10 at t = 900. Starting at
+    t = T−1 = 999, where √ᾱ = 5e-5, made x̂_0 = (z − √(1−ᾱ) ε̂)/√ᾱ hit the clip for 99 % of its
+    entries: the first transition ignored the denoiser and inflated the latents' spread.
+
     The per-step tables are non-persistent buffers: they follow the model's device (``model.to``)
     and are rebuilt from the sampler config, never saved.
     """
@@ -55,7 +60,8 @@ class RespacedSchedule(nn.Module):
         super().__init__()
         self.config = config
         T = alphas_cumprod.numel()
-        timesteps = torch.linspace(T - 1, 0, config.num_steps).round().long()
+        stride = T / config.num_steps
+        timesteps = (torch.arange(config.num_steps, dtype=torch.float64) * stride).round().long().flip(0)
         ab = alphas_cumprod.double().cpu()[timesteps]
         ab_prev = torch.cat([ab[1:], torch.ones(1, dtype=ab.dtype)])
         eta = 1.0 if config.kind == "ddpm" else config.eta
