@@ -43,7 +43,7 @@ def test_episode_shapes_groups_and_terminal_reward(tiny_model):
     assert td["group_id"].squeeze(-1).tolist() == [0, 0, 0, 1, 1, 1]
     n = td["num_atoms"].squeeze(-1)
     assert n[0] == n[1] == n[2] and n[3] == n[4] == n[5]
-    assert td["step_index"].eq(0).all() and td["timestep"].eq(999).all()
+    assert td["step_index"].eq(0).all() and td["timestep"].eq(800).all()  # 5 steps: 800, 600, ..., 0
     traj = env.rollout(100, make_policy(tiny_model))
     assert traj.shape == (6, 5)
     reward = traj["next", "reward"].squeeze(-1)
