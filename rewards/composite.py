@@ -10,6 +10,7 @@ import torch
 from pymatgen.core import Structure
 from tensordict import TensorDict
 
+from rewards import parallel
 from rewards.base import RewardComponent, normalize
 from rewards.metrics import RewardBatch
 from rewards.reference import ReferenceSet, load_reference
@@ -37,6 +38,7 @@ class CompositeReward:
         eps: float = 1e-4,
         reference: ReferenceSet | dict | None = None,
         device: str = "cpu",
+        num_workers: int | None = None,
     ):
         if not components:
             raise ValueError("CompositeReward needs at least one component")
@@ -50,6 +52,8 @@ class CompositeReward:
         normalize(torch.zeros(1), self.normalize_fn)  # validate the name now, not mid-training
         self.eps = float(eps)
         self.device = str(device)  # where the MLIP and VAE features run unless a component says otherwise
+        # processes for fingerprints, StructureMatcher, hull LPs (and the MLIP on the CPU); None: all cores
+        self.num_workers = parallel.resolve_num_workers(num_workers)
         self._reference = load_reference(**reference) if isinstance(reference, dict) else reference
         self.last_info: dict[str, Any] = {}
 
@@ -69,7 +73,7 @@ class CompositeReward:
 
     def __call__(self, structures: Sequence[Structure | None]) -> TensorDict:
         start = time.perf_counter()
-        batch = RewardBatch(structures, self.reference, device=self.device)
+        batch = RewardBatch(structures, self.reference, device=self.device, num_workers=self.num_workers)
         n = len(batch)
         for c in self.components:  # shared metrics first, each once (the batch memoises them)
             for metric in c.required_metrics:

@@ -55,6 +55,7 @@ def evaluate_structures(
     fmax: float = 0.1,
     smact_set: str = "smact14",
     device: str = "cpu",
+    num_workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-crystal metrics and their summary (conventions in :data:`CONVENTIONS`).
 
@@ -63,10 +64,11 @@ def evaluate_structures(
     FIRE relaxation), metastable (≤ 0.1 eV/atom), stable (≤ 0), S.U.N. and M.S.U.N. Summary: their
     means, the mean and median E_hull of the crystals that have one, and structure/composition
     diversity as 1/(1 + Fréchet distance) between the VAE features of the valid generated crystals
-    and of the reference. The MLIP and the VAE run on ``device``.
+    and of the reference. The MLIP and the VAE run on ``device``; the CPU-bound metric work in
+    ``num_workers`` processes (None: every available core, 0: serial).
     """
     reference = reference or load_reference()
-    batch = RewardBatch(structures, reference, device=device)
+    batch = RewardBatch(structures, reference, device=device, num_workers=num_workers)
     unique = np.asarray(batch.metric("unique"), dtype=bool)
     novel = np.asarray(batch.metric("novel"), dtype=bool)
     valid = batch.valid.numpy()

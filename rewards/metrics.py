@@ -17,8 +17,8 @@ import torch
 from pymatgen.core import Structure
 
 from crystal_env.crystals.validity import structure_problem
-from rewards import features, novelty
-from rewards.hull import mp_reduced_formulas
+from rewards import features, novelty, parallel
+from rewards.hull import FormationEnergyHull, formation_energy_per_atom, mp_reduced_formulas
 from rewards.mlip import get_mlip
 
 MetricFn = Callable[..., Any]
@@ -37,10 +37,19 @@ class RewardBatch:
     """The crystals of one reward call, their validity, the reference, and the metric cache.
 
     ``device``: where model-based metrics (MLIP, VAE features) run unless their parameters say otherwise.
+    ``num_workers``: processes for the CPU-bound metric work (:mod:`rewards.parallel`; None: every
+    available core, 0 or 1: serial in this process).
     """
 
-    def __init__(self, structures: Sequence[Structure | None], reference=None, device: str = "cpu"):
+    def __init__(
+        self,
+        structures: Sequence[Structure | None],
+        reference=None,
+        device: str = "cpu",
+        num_workers: int | None = 0,
+    ):
         self.device = str(device)
+        self.num_workers = parallel.resolve_num_workers(num_workers)
         self.structures = list(structures)
         self.problems = [structure_problem(s) for s in self.structures]
         self.valid = torch.tensor([p is None for p in self.problems], dtype=torch.bool)
@@ -95,7 +104,11 @@ class RewardBatch:
 
 @register_metric("amd")
 def _amd(batch: RewardBatch, k: int = novelty.AMD_K) -> np.ndarray:
-    return novelty.amd_vectors(batch.valid_structures, k)
+    """AMD vectors (Å) of the valid crystals that share their reduced formula with another crystal of
+    the batch or of the reference — the only ones ever compared; NaN rows for the others."""
+    structures = batch.valid_structures
+    partners = novelty.crystals_with_partners(structures, batch.reference)
+    return novelty.amd_vectors_of(structures, partners, k, batch.num_workers)
 
 
 def _scale_free_amd(batch: RewardBatch) -> np.ndarray:
@@ -105,14 +118,18 @@ def _scale_free_amd(batch: RewardBatch) -> np.ndarray:
 @register_metric("unique_match")
 def _unique_match(batch: RewardBatch) -> np.ndarray:
     """Index of the earlier crystal of the batch a crystal matches (``novelty.NO_MATCH`` if none)."""
-    return novelty.unique_matches(batch.valid_structures, _scale_free_amd(batch), batch.reference.matcher)
+    return novelty.unique_matches(
+        batch.valid_structures, _scale_free_amd(batch), batch.reference.matcher, num_workers=batch.num_workers
+    )
 
 
 @register_metric("novel_match")
 def _novel_match(batch: RewardBatch) -> np.ndarray:
     """Index of the reference crystal a crystal matches (``novelty.NO_MATCH`` if none)."""
     ref = batch.reference
-    return novelty.novel_matches(batch.valid_structures, _scale_free_amd(batch), ref, ref.matcher)
+    return novelty.novel_matches(
+        batch.valid_structures, _scale_free_amd(batch), ref, ref.matcher, num_workers=batch.num_workers
+    )
 
 
 @register_metric("unique")
@@ -145,16 +162,32 @@ def _mlip_energy(
     device: str | None = None,
 ) -> np.ndarray:
     """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable.
-    ``device``: None = the batch's."""
-    backend = get_mlip(mlip, model, device or batch.device)
+
+    ``device``: None = the batch's. On the CPU without relaxation, the MLIP batches are spread over
+    the batch's worker processes (whole batches of ``batch_size``, as the serial loop cuts them).
+    """
+    device = device or batch.device
     idx = [i for i, ok in enumerate(batch.valid.tolist()) if ok]
     structures = [batch.structures[i] for i in idx]
+    out = np.full(len(batch), np.nan)
+    if not structures:
+        return out
+    if relax_steps == 0 and device == "cpu" and batch.num_workers > 1:
+        starts = list(range(0, len(structures), batch_size))
+        parts = [[starts[j] for j in part] for part in parallel.chunks(range(len(starts)), batch.num_workers)]
+        tasks = [(mlip, model, structures[p[0] : p[-1] + batch_size], batch_size) for p in parts]
+        out[idx] = np.concatenate(parallel.run(_mlip_energies, tasks, batch.num_workers))
+        return out
+    backend = get_mlip(mlip, model, device)
     if relax_steps > 0:
         structures = backend.relax(structures, relax_steps, fmax, batch_size)
-    out = np.full(len(batch), np.nan)
-    if structures:
-        out[idx] = backend.energies(structures, batch_size)
+    out[idx] = backend.energies(structures, batch_size)
     return out
+
+
+def _mlip_energies(mlip: str, model: str | None, structures: Sequence[Structure], batch_size: int) -> np.ndarray:
+    """A pool task: MP2020-compatible energies of consecutive MLIP batches, on the worker's CPU."""
+    return get_mlip(mlip, model, "cpu").energies(structures, batch_size)
 
 
 @register_metric("e_above_hull")
@@ -163,10 +196,28 @@ def _e_above_hull(batch: RewardBatch, **mlip_params: Any) -> np.ndarray:
     energies = batch.metric("mlip_energy", **mlip_params)
     hull = batch.reference.hull
     out = np.full(len(batch), np.nan)
-    for i, (s, e) in enumerate(zip(batch.structures, energies, strict=True)):
-        if np.isfinite(e):
-            out[i] = hull.e_above_hull(s.composition, float(e))
+    idx = [i for i, e in enumerate(energies) if np.isfinite(e)]
+    if isinstance(hull, FormationEnergyHull):  # its linear programmes, one per new composition, in the pool
+        compositions = [batch.structures[i].composition for i in idx]
+
+        def solve_many(keys: list[tuple]) -> list[float]:
+            parts = parallel.chunks(range(len(keys)), 4 * batch.num_workers)
+            tasks = [([keys[j] for j in part],) for part in parts]
+            results = parallel.run(_solve_hull, tasks, batch.num_workers, batch.reference)
+            return [value for part in results for value in part]
+
+        hull_energy = hull.hull_energies(compositions, solve_many)
+        for i, comp, h in zip(idx, compositions, hull_energy, strict=True):
+            out[i] = formation_energy_per_atom(comp, float(energies[i])) - h
+        return out
+    for i in idx:
+        out[i] = hull.e_above_hull(batch.structures[i].composition, float(energies[i]))
     return out
+
+
+def _solve_hull(keys: list[tuple]) -> list[float]:
+    """A pool task: hull energies of fractional-composition keys, with the worker's copy of the hull."""
+    return parallel.worker_context().hull.solve(keys)
 
 
 @register_metric("hull_covered")
