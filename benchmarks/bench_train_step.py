@@ -17,6 +17,10 @@ a TorchRL ``Collector`` batch of whole trajectories, then ``agent.update``. Phas
 ``--warmup`` steps (model and reference loading, first-call costs) are not timed; the table
 shows the mean over ``--steps`` timed steps, each phase's share of the step and the crystals per
 second. Wall-clock on a shared machine is noisy: the load average is printed with the results.
+
+``--baseline-ref REF`` also runs the same workload on the code of git commit ``REF`` (extracted
+with ``git archive``): the two alternate in fresh processes for ``--rounds`` rounds, and the
+ratio of their median step times is printed (e.g. the step before and after a change).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -35,8 +42,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchrl.collectors import Collector
 
+from agents.factory import build_agent
 from crystal_env.config import CONFIG_DIR
-from crystal_env.training.rl import build_training
+from crystal_env.factory import build_reward_fn, make_env
+from crystal_env.policy import make_policy, make_reference_policy
+
+REPO = Path(__file__).resolve().parents[1]
 
 PRESETS = {
     # the workload of the side-by-side with the reference implementation (its RL step at equal model size)
@@ -80,9 +91,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def build(cfg: dict[str, Any], seed: int):
+    """Env and agent as ``scripts/train.py`` builds them, from the public pieces only (so that the
+    benchmark also runs on older commits' code, for ``--baseline-ref``)."""
+    device = cfg["device"]
+    reward_fn = build_reward_fn(cfg["reward"], **({"device": device} if device != "cpu" else {}))
+    env = make_env(dict(cfg["env"]), reward=reward_fn, seed=seed, device=device)
+    policy_cfg = dict(cfg.get("policy", {}))
+    policy = make_policy(env.model, **policy_cfg)
+    reference = make_reference_policy(env.model, **policy_cfg)
+    agent = build_agent(
+        dict(cfg["agent"]),
+        policy,
+        reference,
+        latent_dim=env.model.latent_dim,
+        num_steps=env.num_steps,
+        reward_normalizer=getattr(reward_fn, "normalize", None),
+    )
+    return agent, env
+
+
 def run(cfg: dict[str, Any], steps: int, warmup: int, seed: int = 0) -> dict[str, Any]:
     device = torch.device(cfg["device"])
-    agent, env, _ = build_training(cfg, seed, val_batch_size=None)
+    torch.manual_seed(seed)
+    agent, env = build(cfg, seed)
     reward_fn = env.reward_fn
     seconds: dict[str, float] = defaultdict(float)
     env.model.decode_structures = _Timed(env.model.decode_structures, "decode", seconds, device)
@@ -148,6 +180,39 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def run_in_tree(root: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """This benchmark on the code under ``root`` (a fresh process; results through a JSON file)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--preset", args.preset, "--device", args.device]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--json", str(out)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([*cmd, *args.override], cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def compare(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        baseline = tmp / "baseline"
+        baseline.mkdir()
+        archive = subprocess.run(["git", "archive", args.baseline_ref], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive.stdout, check=True)
+        runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "current": []}
+        for i in range(args.rounds):  # alternating, so machine noise hits both alike
+            runs["baseline"].append(run_in_tree(baseline, args, tmp / f"baseline{i}.json"))
+            runs["current"].append(run_in_tree(REPO, args, tmp / f"current{i}.json"))
+    steps = {k: statistics.median(r["median_step_seconds"] for r in v) for k, v in runs.items()}
+    for name, results in runs.items():
+        best = min(results, key=lambda r: abs(r["median_step_seconds"] - steps[name]))
+        label = args.baseline_ref if name == "baseline" else "current tree"
+        print(f"{name} ({label}), the round with the median step:")
+        print(table(best))
+        loads = ", ".join(f"{r['load_average'][0]:.2f}" for r in results)
+        print(f"median step over {args.rounds} rounds: {steps[name]:.3f} s; load averages: {loads}\n")
+    print(f"step time baseline / current: {steps['baseline'] / steps['current']:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="reference")
@@ -156,8 +221,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (loading, first calls)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--baseline-ref", default=None, help="git commit to compare with (alternating fresh processes)")
+    p.add_argument("--rounds", type=int, default=3, help="processes per variant with --baseline-ref")
     p.add_argument("override", nargs="*", help="Hydra overrides of the training config, e.g. env.num_steps=20")
     args = p.parse_args(argv)
+    if args.baseline_ref:
+        compare(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = compose_config(args.preset, args.device, args.override)

@@ -3,11 +3,11 @@ linear programmes, and the MLIP when it runs on the CPU.
 
 These are Python/numba code holding the GIL, so they scale with processes, not threads. The pool is
 created on first use and kept for the life of the process (one per worker count and reference
-set); its workers start from a ``forkserver`` (``spawn`` where that is unavailable), never by
-forking a process that holds threads, CUDA or open collectors, and ignore Ctrl-C (the trainer
-finishes its step first). Each worker holds the reference set's structures, matcher and hull
-(sent once, when the pool starts) and keeps its own caches of reduced reference structures and
-loaded MLIPs.
+set). Workers are forked (on Linux; spawned elsewhere, where a script must guard its entry point
+with ``if __name__ == "__main__":``): they start at once, without re-importing the caller's script,
+and inherit the loaded reference set. They only ever run CPU code (never CUDA, which a forked child
+may not touch), use one torch thread each, and ignore Ctrl-C (the trainer finishes its step first).
+Each worker keeps its own caches of reduced reference structures and loaded MLIPs.
 
 Every task is a pure function of its inputs, and the work is split along the same boundaries as
 the serial code (formula groups, MLIP batches), so results are identical to ``num_workers=0``.
@@ -93,7 +93,7 @@ class _Pools:
 
 
 def _context_start_method() -> str:
-    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
 def _executor(num_workers: int, context: WorkerContext | None) -> ProcessPoolExecutor:
@@ -108,8 +108,6 @@ def _executor(num_workers: int, context: WorkerContext | None) -> ProcessPoolExe
         context = context if context is not None else current
         shutdown()
         ctx = mp.get_context(_context_start_method())
-        if ctx.get_start_method() == "forkserver":
-            ctx.set_forkserver_preload(["rewards"])  # import once in the server, fork workers from it
         _Pools.executor = ProcessPoolExecutor(
             max_workers=num_workers, mp_context=ctx, initializer=_init_worker, initargs=(context,)
         )
