@@ -130,7 +130,7 @@ def run(fn: Callable, tasks: Sequence[tuple], num_workers: int | None, reference
     than one task and more than one worker); ``reference`` is the reference set workers may read
     through :func:`worker_context`. ``fn`` must be a module-level function."""
     n = resolve_num_workers(num_workers)
-    if n <= 1 or len(tasks) <= 1:
+    if n <= 1 or len(tasks) <= 1 or mp.current_process().daemon:  # a daemonic process may not have children
         return _serial(fn, tasks, reference)
     context = None if reference is None else WorkerContext(reference)
     try:
