@@ -22,8 +22,9 @@ class GroupPolicyLoss(LossModule):
     * loss = −surrogate + kl_weight·KL − entropy_weight·entropy.
 
     Steps whose ``stochastic`` flag is False (zero transition std) carry no log-probability and
-    are skipped (left out of the forward pass). Expects ``action``, ``action_log_prob`` (rollout), ``stochastic`` and
-    ``advantage`` (M, K, 1) in the batch, plus whatever the actor reads.
+    are skipped (left out of the forward pass). Expects ``action``, ``action_log_prob``
+    (rollout), ``stochastic`` and ``advantage`` (M, K, 1) in the batch, plus whatever the actor
+    reads (:attr:`required_keys`).
     """
 
     def __init__(

@@ -106,9 +106,8 @@ class CrystalDiffusionEnv(EnvBase):
         B = z.shape[0]
         timesteps = self.model.schedule.timesteps  # a buffer: on the model's (= the env's) device
         t = torch.where(step < self.num_steps, timesteps[step.clamp_max(self.num_steps - 1)], -1)
-        zeros = torch.zeros(B, device=self.device)
-        comps = components or {k: zeros for k in self.component_names}
-        raw = raw or {k: zeros for k in self.component_names}
+        comps = components or {k: torch.zeros(B, device=self.device) for k in self.component_names}
+        raw = raw or {k: torch.zeros(B, device=self.device) for k in self.component_names}
         return TensorDict(
             {
                 "latent": z,

@@ -33,7 +33,7 @@ class PackedAtoms:
         mask = mask[:, : self.max_len]
         flat = mask.reshape(-1).nonzero().squeeze(-1)  # positions of the real atoms in (B * n)
         self.flat_index = flat
-        self.batch_index = flat.div(max(self.max_len, 1), rounding_mode="floor")
+        self.batch_index = flat.div(self.max_len, rounding_mode="floor")
         # (B, 1, 1, n) for scaled_dot_product_attention: True where a key may be attended to
         self.key_mask = mask[:, None, None, :]
 

@@ -31,11 +31,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def used_length(mask: torch.Tensor) -> int:
     """Number of leading atom columns of a (B, N) mask that hold any real atom: the columns after it
     are padding in every row and can be dropped (a batch padded to ``max_atoms`` → to its largest
-    crystal). One device sync."""
+    crystal). At least 1 (models need a non-empty sequence) unless N is 0. One device sync."""
     if mask.numel() == 0:
-        return 0
+        return min(mask.shape[1], 1)
     cols = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    return int((mask.any(0) * cols).max())
+    return max(int((mask.any(0) * cols).max()), 1)
 
 
 def pad_atoms(x: torch.Tensor, n: int) -> torch.Tensor:

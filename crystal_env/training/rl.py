@@ -126,6 +126,9 @@ def run_training(cfg: dict[str, Any]) -> list[dict[str, float]]:
     rank, world = _distributed()
     seed = int(cfg.get("seed", 0)) + rank  # each rank collects its own groups
     torch.manual_seed(seed)
+    if world > 1 and cfg.get("device") == "cuda":  # torchrun: one GPU per process
+        cfg = {**cfg, "device": f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"}
+        torch.cuda.set_device(torch.device(cfg["device"]))
     run_dir = Path(cfg["run_dir"])
     trainer_cfg = dict(cfg["trainer"])
     val_batch = trainer_cfg.pop("val_batch_size", int(cfg["env"]["batch_size"]))
