@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from torchrl.envs.utils import check_env_specs
 
 from crystal_env import load_model, make_env
+from crystal_env.config import CONFIG_DIR
 from crystal_env.policy import make_policy, make_reference_policy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -25,7 +26,7 @@ def density_reward(structures):
 
 
 def config(run_dir, *overrides):
-    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"run_dir={run_dir}", "trainer.progress=false", "device=cuda", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -72,7 +73,7 @@ def test_one_update_on_cuda(agent, tmp_path):
     env = make_env("ldm_mp20", reward=density_reward, batch_size=8, group_size=4, num_steps=4, seed=0, device="cuda")
     model = env.model
     policy, reference = make_policy(model), make_reference_policy(model)
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "agent" / f"{agent}.yaml"), resolve=True)
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "agent" / f"{agent}.yaml"), resolve=True)
     learner = build_agent(cfg, policy, reference, latent_dim=model.latent_dim, num_steps=env.num_steps)
     with torch.no_grad():
         batch = env.rollout(100, policy)
