@@ -297,8 +297,10 @@ def _solve_hull(keys: list[tuple]) -> list[float | None]:
     hull = parallel.worker_context().hull
     values: list[float | None] = [None] * len(keys)
     for j, key in enumerate(keys):
-        with safety.crystal_scope(j):  # no reward scope here: an error is contained, not recorded
+        try:  # keys are not crystals: a failure is retried (and recorded) in its crystals' own scopes
             values[j] = hull.solve([key])[0]
+        except Exception:  # noqa: BLE001
+            continue
     return values
 
 
