@@ -21,7 +21,7 @@ class BestOfNAgent(Agent):
         self.best: TensorDictBase | None = None  # final steps of the best trajectories so far
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
-        final = batch[:, -1]
+        final = batch[:, -1].to("cpu")  # kept across steps and checkpointed: off the GPU
         pool = final if self.best is None else lazy_stack([*self.best.unbind(0), *final.unbind(0)])
         rewards = pool["next", "reward"].reshape(-1)
         top = torch.argsort(rewards, descending=True)[: self.keep]

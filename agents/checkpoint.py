@@ -38,18 +38,23 @@ class RunDirLockedError(RuntimeError):
 
 def capture_rng(generators: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Global RNG states plus the given generator states (tensors from ``Generator.get_state()``)."""
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
         "generators": {k: v.clone() for k, v in generators.items()},
     }
+    if torch.cuda.is_available():  # a policy on a GPU samples its noise from the CUDA generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_global_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -126,11 +131,12 @@ def read_checkpoint_bytes(path: Path) -> bytes:
 
 
 def load_checkpoint(path_or_dir: str | Path) -> dict[str, Any]:
-    """Load and verify a checkpoint (a file or a run directory); errors name the file."""
+    """Load and verify a checkpoint (a file or a run directory), tensors on the CPU (``load_state_dict``
+    moves them to each module's device); errors name the file."""
     path = resolve_checkpoint(path_or_dir)
     blob = read_checkpoint_bytes(path)
     try:
-        return torch.load(io.BytesIO(blob), weights_only=False)
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - truncated zip, unpickling errors, ...
         raise CheckpointError(f"Checkpoint {path} is damaged or truncated ({type(exc).__name__}: {exc})") from exc
 

@@ -22,8 +22,9 @@ class GroupPolicyLoss(LossModule):
     * loss = −surrogate + kl_weight·KL − entropy_weight·entropy.
 
     Steps whose ``stochastic`` flag is False (zero transition std) carry no log-probability and
-    are skipped. Expects ``action``, ``action_log_prob`` (rollout), ``stochastic`` and
-    ``advantage`` (M, K, 1) in the batch, plus whatever the actor reads.
+    are skipped (left out of the forward pass). Expects ``action``, ``action_log_prob``
+    (rollout), ``stochastic`` and ``advantage`` (M, K, 1) in the batch, plus whatever the actor
+    reads (:attr:`required_keys`).
     """
 
     def __init__(
@@ -51,8 +52,16 @@ class GroupPolicyLoss(LossModule):
         self.kl_reference = kl_reference
         self.entropy_estimator = entropy_estimator
 
+    @property
+    def required_keys(self) -> list:
+        """The batch entries the loss reads (the actor's inputs, action, log-probs, flags, advantage)."""
+        return [*self.actor.in_keys, "action", "action_log_prob", "stochastic", "advantage"]
+
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         flat = tensordict.reshape(-1)
+        stochastic = flat["stochastic"].reshape(-1)
+        if bool(stochastic.any()) and not bool(stochastic.all()):
+            flat = flat[stochastic]  # deterministic steps contribute nothing: no forward/backward for them
         dist = self.actor.get_dist(flat)
         log_prob = dist.log_prob(flat["action"])
         old_log_prob = flat["action_log_prob"].detach()
@@ -71,7 +80,7 @@ class GroupPolicyLoss(LossModule):
             surrogate = torch.minimum(surrogate, clipped)
             clip_fraction = average(((ratio - 1).abs() > self.clip_epsilon).to(ratio.dtype))
         else:
-            clip_fraction = torch.zeros(())
+            clip_fraction = torch.zeros((), device=ratio.device)
         if self.kl_reference == "base" and self.reference is not None:
             with torch.no_grad():
                 ref_log_prob = self.reference.get_dist(flat).log_prob(flat["action"])

@@ -69,7 +69,8 @@ class PolicyGradientAgent(GradientAgent):
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         adv = self.advantages(batch)
-        batch = batch.clone(False)
+        # only what the loss reads: minibatch indexing then copies no crystals, rewards or "next" states
+        batch = batch.select(*(k for k in self.loss.required_keys if k != "advantage"))
         batch.set("advantage", broadcast_to_steps(adv, batch.shape[1]))
         perm = torch.randperm(batch.shape[0])
         sums: dict[str, float] = {}

@@ -51,8 +51,9 @@ class PPOAgent(GradientAgent):
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,
     ):
+        device = next(policy.parameters()).device
         critic = TensorDictModule(
-            LatentValueNet(latent_dim, num_steps, value_hidden),
+            LatentValueNet(latent_dim, num_steps, value_hidden).to(device),  # where the policy is
             in_keys=["latent", "mask", "step_index"],
             out_keys=["state_value"],
         )

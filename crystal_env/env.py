@@ -104,10 +104,10 @@ class CrystalDiffusionEnv(EnvBase):
         crystals: list[Structure | None] | None = None,
     ) -> TensorDict:
         B = z.shape[0]
-        timesteps = self.model.schedule.timesteps
+        timesteps = self.model.schedule.timesteps  # a buffer: on the model's (= the env's) device
         t = torch.where(step < self.num_steps, timesteps[step.clamp_max(self.num_steps - 1)], -1)
-        comps = components or {k: torch.zeros(B) for k in self.component_names}
-        raw = raw or {k: torch.zeros(B) for k in self.component_names}
+        comps = components or {k: torch.zeros(B, device=self.device) for k in self.component_names}
+        raw = raw or {k: torch.zeros(B, device=self.device) for k in self.component_names}
         return TensorDict(
             {
                 "latent": z,
@@ -136,10 +136,12 @@ class CrystalDiffusionEnv(EnvBase):
         n_groups = B // G
         num_atoms_groups = self.model.sample_num_atoms(n_groups, self.rng).clamp(1, self.max_atoms)
         num_atoms = num_atoms_groups.repeat_interleave(G)
-        z, mask = self.model.prior(num_atoms, self.rng)
-        group_id = torch.arange(B).div(G, rounding_mode="floor").unsqueeze(-1)
-        zeros = torch.zeros(B, 1, dtype=torch.int64)
-        return self._observation(z, mask, zeros, group_id, torch.zeros(B, 1, dtype=torch.bool))
+        z, mask = self.model.prior(num_atoms, self.rng)  # drawn on the CPU generator, then moved
+        dev = self.device
+        group_id = torch.arange(B, device=dev).div(G, rounding_mode="floor").unsqueeze(-1)
+        zeros = torch.zeros(B, 1, dtype=torch.int64, device=dev)
+        failed = torch.zeros(B, 1, dtype=torch.bool, device=dev)
+        return self._observation(z.to(dev), mask.to(dev), zeros, group_id, failed)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict["action"]
@@ -168,7 +170,7 @@ class CrystalDiffusionEnv(EnvBase):
         step = step + 1
         done = step >= self.num_steps
         B = z.shape[0]
-        reward = torch.zeros(B, 1)
+        reward = torch.zeros(B, 1, device=self.device)
         components, raw, crystals = None, None, None
         if bool(done.all()):
             reward, components, raw, crystals = self._score(z_next, mask, failed.squeeze(-1))
@@ -185,4 +187,7 @@ class CrystalDiffusionEnv(EnvBase):
         structures = self.model.decode_structures(z0, mask)
         structures = [None if bad else s for s, bad in zip(structures, failed.tolist(), strict=True)]
         total, comps, raw = evaluate_reward(self.reward_fn, structures)
-        return total.reshape(-1, 1), comps, raw, structures
+        dev = self.device
+        comps = {k: v.to(dev) for k, v in comps.items()}
+        raw = {k: v.to(dev) for k, v in raw.items()}
+        return total.reshape(-1, 1).to(dev), comps, raw, structures

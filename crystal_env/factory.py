@@ -12,13 +12,14 @@ from crystal_env.reward_protocol import RewardFn
 ENV_KEYS = {"name", "model", "sampler", "num_steps", "eta", "max_atoms", "batch_size", "group_size"}
 
 
-def build_reward_fn(reward: str | dict | RewardFn) -> RewardFn:
-    """A reward config name/dict through ``rewards.build_reward``, or a callable as it is."""
+def build_reward_fn(reward: str | dict | RewardFn, device: str | None = None) -> RewardFn:
+    """A reward config name/dict through ``rewards.build_reward`` (its models on ``device``), or a
+    callable as it is."""
     if callable(reward):
         return reward
     from rewards import build_reward  # rewards is a separate package; the env depends on it only here
 
-    return build_reward(reward)
+    return build_reward(reward, device=device)
 
 
 def make_env(
@@ -35,7 +36,8 @@ def make_env(
 
     ``overrides`` replace keys of the env config (``model``, ``sampler``, ``num_steps``, ``eta``,
     ``max_atoms``); ``reward`` may also be any callable ``structures -> scores``. The config is
-    validated (types, ranges, batch_size a multiple of group_size) before the model loads.
+    validated (types, ranges, batch_size a multiple of group_size) before the model loads. The model,
+    and a reward built from a config (its MLIP and VAE features), run on ``device``.
     """
     cfg = dict(env) if isinstance(env, dict) else load_config("env", env)
     unknown = set(overrides) - ENV_KEYS
@@ -49,7 +51,7 @@ def make_env(
     cfg = validate_env_config(cfg)
     return CrystalDiffusionEnv(
         load_model(cfg["model"], device=device),
-        build_reward_fn(reward),
+        build_reward_fn(reward, device=device),
         batch_size=cfg["batch_size"],
         group_size=cfg["group_size"],
         sampler=cfg["sampler"],

@@ -41,9 +41,9 @@ class CrystalGymEnv(gym.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         td = self._td
         return {
-            "latent": td["latent"][0].numpy().astype(np.float32),
-            "mask": td["mask"][0].numpy().astype(np.int8),
-            "step_index": td["step_index"][0].numpy().astype(np.int64),
+            "latent": td["latent"][0].cpu().numpy().astype(np.float32),
+            "mask": td["mask"][0].cpu().numpy().astype(np.int8),
+            "step_index": td["step_index"][0].cpu().numpy().astype(np.int64),
         }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -57,7 +57,8 @@ class CrystalGymEnv(gym.Env):
         if self._td is None:
             raise RuntimeError("Call reset() before step()")
         td = self._td.clone()
-        td["action"] = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(td["latent"].shape)
+        action = torch.as_tensor(np.asarray(action, dtype=np.float32), device=td["latent"].device)
+        td["action"] = action.reshape(td["latent"].shape)
         nxt = self.inner.step(td)["next"]
         self._td = nxt
         terminated = bool(nxt["terminated"].item())

@@ -81,6 +81,8 @@ class LoopSchema:
     seed: int = rule(ge=0)
     progress: bool = True
     keep_best: bool = True
+    bf16: bool = False
+    num_workers: int = rule(0, ge=0)
 
 
 @dataclass
@@ -124,6 +126,7 @@ class PretrainVAESchema:
     max_atoms: int = rule(ge=1)
     out_dir: str = MISSING
     resume: bool = False
+    device: str = "cpu"
     vae: VAESchema = field(default_factory=VAESchema)
     loop: LoopSchema = field(default_factory=LoopSchema)
 
@@ -135,6 +138,7 @@ class PretrainLDMSchema:
     out_dir: str = MISSING
     vae_checkpoint: str = MISSING
     resume: bool = False
+    device: str = "cpu"
     denoiser: DenoiserSchema = field(default_factory=DenoiserSchema)
     sampler: SamplerSchema = field(default_factory=SamplerSchema)
     loop: LoopSchema = field(default_factory=LoopSchema)
@@ -163,6 +167,7 @@ class PredictorSchema:
     dataset: str = MISSING
     target: str = MISSING
     max_atoms: int = rule(ge=1)
+    device: str = "cpu"
     out: str = MISSING
     head: PredictorHeadSchema = field(default_factory=PredictorHeadSchema)
     train: PredictorTrainSchema = field(default_factory=PredictorTrainSchema)

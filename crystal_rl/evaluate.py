@@ -113,6 +113,7 @@ def evaluate_to_folder(
     smact_set: str = "smact14",
     names: list[str] | None = None,
     skipped: dict[str, str] | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Evaluate ``structures`` and write ``per_crystal.csv``, ``summary.json`` (with the settings, the
     seed and the metrics' conventions) and the plots. ``names``: the crystals' file names (a ``file``
@@ -126,7 +127,9 @@ def evaluate_to_folder(
     if not structures:
         raise SystemExit(f"No readable crystal to evaluate; skipped: {dict(Counter(skipped.values()))}")
     ref = load_reference(reference, novelty_splits=novelty_splits.split(","), hull=hull, phase_diagram=phase_diagram)
-    frame, summary = evaluate_structures(structures, ref, model, mlip, relax_steps, fmax, smact_set, progress=progress)
+    frame, summary = evaluate_structures(
+        structures, ref, model, mlip, relax_steps, fmax, smact_set, progress=progress, device=device
+    )
     summary["seed"] = seed
     summary["skipped_files"] = len(skipped)
     summary["skipped_reasons"] = dict(Counter(skipped.values()))
@@ -169,6 +172,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the global RNGs (recorded in summary.json)"
     )
+    p.add_argument("--device", default="cpu", help="where the MLIP and the VAE run (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             smact_set=args.smact_set,
             names=files.names,
             skipped=files.skipped,
+            device=args.device,
         )
     print(json.dumps(summary, indent=2))
     print(f"written to {out}")

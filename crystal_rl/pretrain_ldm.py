@@ -25,6 +25,7 @@ def main(cfg: DictConfig) -> None:
             c["loop"],
             hydra.utils.to_absolute_path(c["out_dir"]),
             resume=c["resume"],
+            device=c["device"],
         )
     print(f"LDM checkpoint (VAE + denoiser): {path}")
 

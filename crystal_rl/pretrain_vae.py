@@ -23,6 +23,7 @@ def main(cfg: DictConfig) -> None:
             c["loop"],
             hydra.utils.to_absolute_path(c["out_dir"]),
             resume=c["resume"],
+            device=c["device"],
         )
     print(f"VAE checkpoint: {path}")
 

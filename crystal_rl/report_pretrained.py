@@ -24,9 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num", type=positive_int, default=200, help="number of unconditional samples")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default=None, help="optional JSON output path")
+    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
     args = p.parse_args(argv)
     with quiet_third_party():
-        model = load_model(args.model)
+        model = load_model(args.model, device=args.device)
         held_out = load_dataset(args.dataset, args.split, max_atoms=model.max_atoms).structures
         train = load_dataset(args.dataset, "train", max_atoms=model.max_atoms).structures
         report = {

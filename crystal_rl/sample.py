@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
         "--seed", type=non_negative_int, default=0, help="seed of the sampling noise (same seed: same crystals)"
     )
     p.add_argument("--out", default="samples", help="output directory")
+    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -43,12 +44,14 @@ def sample_to_folder(
     eta: float = 1.0,
     batch_size: int = 100,
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[list, pd.DataFrame]:
-    """``num`` crystals of ``model`` (a registered name, checkpoint or run directory) written to ``out``."""
+    """``num`` crystals of ``model`` (a registered name, checkpoint or run directory, run on ``device``)
+    written to ``out``."""
     from crystal_env import load_model
     from crystal_env.sampling import generate, write_samples
 
-    ldm = load_model(model)
+    ldm = load_model(model, device=device)
     ldm.configure_sampler(sampler, steps, eta)
     structures = generate(ldm, num, batch_size, seed, progress=progress)
     return structures, write_samples(structures, out, progress=progress)
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             args.eta,
             args.batch_size,
             progress=not args.no_progress,
+            device=args.device,
         )
     valid = (frame["problem"] == "").mean()
     print(f"wrote {len(frame)} crystals to {args.out} ({valid:.1%} structurally valid; seed {args.seed})")

@@ -25,6 +25,7 @@ def main(cfg: DictConfig) -> None:
             dataset=c["dataset"],
             target=c["target"],
             max_atoms=c["max_atoms"],
+            device=c["device"],
             **c["head"],
             **c["train"],
         )

@@ -49,7 +49,8 @@ class Energy(RewardComponent):
 
     ``max_e_hull`` (default 1.0, the reference implementation's) bounds the penalty: crystals further
     above the hull all score −max_e_hull, so the reward only discriminates below it. Failures (no
-    energy, no hull) get the worst value −max_e_hull.
+    energy, no hull) get the worst value −max_e_hull. ``device``: where the MLIP runs (None: the
+    reward's device, i.e. the env's).
     """
 
     required_metrics = ("e_above_hull",)
@@ -62,7 +63,7 @@ class Energy(RewardComponent):
         relax_steps: int = 0,
         fmax: float = 0.1,
         batch_size: int = 16,
-        device: str = "cpu",
+        device: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -88,23 +89,27 @@ class Energy(RewardComponent):
 
 
 class _Diversity(RewardComponent):
-    """Leave-one-out contribution to the polynomial-kernel MMD between the batch and the reference."""
+    """Leave-one-out contribution to the polynomial-kernel MMD between the batch and the reference.
+
+    ``device``: where the VAE runs (None: the reward's device, i.e. the env's)."""
 
     kind = ""
 
-    def __init__(self, model: str | Path | Any = "mp20_tiny", **kwargs: Any):
+    def __init__(self, model: str | Path | Any = "mp20_tiny", device: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.model = model
+        self.device = device
         self.required_metrics = (f"vae_{self.kind}_features",)
 
     def metric_params(self, metric: str) -> dict:
-        return {"model": self.model}
+        return {"model": self.model, "device": self.device}
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
-        feats = batch.metric(f"vae_{self.kind}_features", model=self.model)
+        feats = batch.metric(f"vae_{self.kind}_features", model=self.model, device=self.device)
         ok = torch.isfinite(feats).all(1)
         out = torch.full((len(batch),), float("nan"))
-        out[ok] = mmd_contributions(feats[ok], batch.reference.vae_features(self.model, self.kind))
+        ref = batch.reference.vae_features(self.model, self.kind, device=self.device or batch.device)
+        out[ok] = mmd_contributions(feats[ok], ref)
         return out
 
 
@@ -134,19 +139,21 @@ class Predictor(RewardComponent):
         target_value: float | None = None,
         clip_min: float | None = None,
         clip_max: float | None = None,
+        device: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.checkpoint = str(checkpoint)
+        self.device = device  # where the VAE encodes (None: the reward's device)
         get_predictor(self.checkpoint)  # fail early on a missing or broken checkpoint
         self.target_value = target_value
         self.clip_min, self.clip_max = clip_min, clip_max
 
     def metric_params(self, metric: str) -> dict:
-        return {"checkpoint": self.checkpoint}
+        return {"checkpoint": self.checkpoint, "device": self.device}
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
-        pred = batch.metric("property_prediction", checkpoint=self.checkpoint)
+        pred = batch.metric("property_prediction", checkpoint=self.checkpoint, device=self.device)
         if self.clip_min is not None or self.clip_max is not None:
             pred = pred.clamp(self.clip_min, self.clip_max)
         return pred if self.target_value is None else -((pred - self.target_value) ** 2)

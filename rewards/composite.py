@@ -11,6 +11,7 @@ import torch
 from pymatgen.core import Structure
 from tensordict import TensorDict
 
+from rewards import parallel
 from rewards.base import RewardComponent, normalize
 from rewards.metrics import RewardBatch
 from rewards.reference import ReferenceSet, load_reference
@@ -45,6 +46,8 @@ class CompositeReward:
         eps: float = 1e-4,
         reference: ReferenceSet | dict | None = None,
         crystal_timeout: float | None = DEFAULT_CRYSTAL_TIMEOUT,
+        device: str = "cpu",
+        num_workers: int | None = None,
     ):
         if not components:
             raise ValueError("CompositeReward needs at least one component")
@@ -60,6 +63,9 @@ class CompositeReward:
         if crystal_timeout is not None and not crystal_timeout > 0:
             raise ValueError(f"crystal_timeout must be > 0 seconds or null, got {crystal_timeout}")
         self.crystal_timeout = None if crystal_timeout is None else float(crystal_timeout)
+        self.device = str(device)  # where the MLIP and VAE features run unless a component says otherwise
+        # processes for fingerprints, StructureMatcher, hull LPs (and the MLIP on the CPU); None: all cores
+        self.num_workers = parallel.resolve_num_workers(num_workers)
         self._reference = load_reference(**reference) if isinstance(reference, dict) else reference
         self.last_info: dict[str, Any] = {}
 
@@ -80,7 +86,13 @@ class CompositeReward:
     def __call__(self, structures: Sequence[Structure | None]) -> TensorDict:
         start = time.perf_counter()
         # the reference is loaded only if a metric needs it
-        batch = RewardBatch(structures, lambda: self.reference, self.crystal_timeout)
+        batch = RewardBatch(
+            structures,
+            lambda: self.reference,
+            self.crystal_timeout,
+            device=self.device,
+            num_workers=self.num_workers,
+        )
         n = len(batch)
         for c in self.components:  # shared metrics first, each once (the batch memoises them)
             for metric in c.required_metrics:

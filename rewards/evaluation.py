@@ -61,6 +61,8 @@ def evaluate_structures(
     smact_set: str = "smact14",
     crystal_timeout: float | None = DEFAULT_CRYSTAL_TIMEOUT,
     progress: bool = False,
+    device: str = "cpu",
+    num_workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-crystal metrics and their summary (conventions in :data:`CONVENTIONS`).
 
@@ -71,7 +73,8 @@ def evaluate_structures(
     diversity as 1/(1 + Fréchet distance) between the VAE features of the valid generated crystals
     and of the reference. A crystal a metric cannot handle (an error, or more than ``crystal_timeout``
     seconds) counts as not unique / not novel / without E_hull, with the reason in ``problem``.
-    ``progress`` shows a bar over these stages.
+    ``progress`` shows a bar over these stages. The MLIP and the VAE run on ``device``; the CPU-bound
+    metric work in ``num_workers`` processes (None: every available core, 0: serial).
     """
     variants = [("", 0)] + ([("_relaxed", relax_steps)] if relax_steps > 0 else [])
     bar = tqdm(total=3 + len(variants), disable=not progress, desc="evaluation", unit="stage", postfix="reference")
@@ -81,7 +84,7 @@ def evaluate_structures(
         bar.set_postfix_str(name)
 
     reference = reference or load_reference()
-    batch = RewardBatch(structures, reference, crystal_timeout)
+    batch = RewardBatch(structures, reference, crystal_timeout, device=device, num_workers=num_workers)
     structures = batch.structures  # sanitised: oxidation-state-decorated species as plain elements
 
     def ok(metric: str) -> np.ndarray:  # crystals that did not fail (error, time budget) in ``metric``
@@ -132,7 +135,7 @@ def evaluate_structures(
     for kind, key in (("structure", "vae_structure_features"), ("composition", "vae_composition_features")):
         gen = batch.metric(key, model=model)
         gen = gen[torch.isfinite(gen).all(1)]
-        ref = reference.vae_features(model, kind)
+        ref = reference.vae_features(model, kind, device=device)
         summary[f"{kind}_diversity"] = 1.0 / (1.0 + frechet_distance(gen, ref)) if len(gen) > 1 else float("nan")
     bar.update()
     bar.close()

@@ -86,14 +86,18 @@ def check_component_targets(cfg: Mapping | DictConfig) -> None:
             )
 
 
-def build_reward(name_or_config: str | Path | Mapping | DictConfig, overrides: Sequence[str] = ()) -> Any:
+def build_reward(
+    name_or_config: str | Path | Mapping | DictConfig, overrides: Sequence[str] = (), device: str | None = None
+) -> Any:
     """Instantiate a reward: a config name (``dng``), a YAML path, or a config mapping.
 
     A component is any class named by ``_target_`` (so a user's own module works unchanged).
     ``overrides`` are ``key=value`` strings, e.g. ``components.1.weight=2.0`` or ``normalize_fn=null``.
     A config without a top-level ``_target_`` is a :class:`rewards.CompositeReward`. With
     ``isolation: process`` (and optionally ``isolation_grace: <seconds>``) it is computed in a worker
-    process, see :class:`rewards.isolated.IsolatedReward`.
+    process, see :class:`rewards.isolated.IsolatedReward`. ``device`` (e.g. the env's) is where a
+    :class:`rewards.CompositeReward` runs its MLIP and VAE features, unless the config sets ``device``
+    itself.
     """
     cfg = load_reward_config(name_or_config)
     for item in overrides:
@@ -108,6 +112,9 @@ def build_reward(name_or_config: str | Path | Mapping | DictConfig, overrides: S
     if "_target_" not in cfg:
         cfg._target_ = "rewards.CompositeReward"
     check_component_targets(cfg)
+    if device is not None and cfg._target_ in ("rewards.CompositeReward", "rewards.composite.CompositeReward"):
+        if cfg.get("device") is None:
+            cfg.device = str(device)
     if isolation == "process":
         from rewards.isolated import IsolatedReward
 

@@ -17,16 +17,17 @@ FEATURE_KINDS = ("structure", "composition")
 
 
 @lru_cache(maxsize=4)
-def _load(name_or_path: str) -> CrystalLDM:
-    return load_model(name_or_path).eval()
+def _load(name_or_path: str, device: str) -> CrystalLDM:
+    return load_model(name_or_path, device=device).eval()
 
 
-def get_model(model: str | Path | CrystalLDM = "mp20_tiny") -> CrystalLDM:
-    """A VAE + LDM by registered name or path, loaded once per process (instances pass through)."""
+def get_model(model: str | Path | CrystalLDM = "mp20_tiny", device: str = "cpu") -> CrystalLDM:
+    """A VAE + LDM by registered name or path on ``device``, loaded once per process and device
+    (instances pass through, on their own device)."""
     if isinstance(model, CrystalLDM):
         return model
     with suspended():  # loading (once per process) is not charged to the crystals being scored
-        return _load(str(model))
+        return _load(str(model), str(device))
 
 
 def encodable(structures: Sequence[Structure | None], model: CrystalLDM) -> list[int]:
@@ -60,7 +61,7 @@ def vae_features(
     dim = model.latent_dim if kind == "structure" else model.vae.config.d_model
     out = torch.full((len(structures), dim), float("nan"))
     keep = encodable(structures, model)
-    table = model.vae.element_table() if kind == "composition" else None
+    table = model.vae.element_table().cpu() if kind == "composition" else None  # per-crystal lookups
     for start in range(0, len(keep), chunk):
         idx = keep[start : start + chunk]
         subset = [structures[i] for i in idx]

@@ -27,7 +27,7 @@ import math
 import pickle
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -153,6 +153,29 @@ class FormationEnergyHull:
         if key not in self._memo:
             self._memo[key] = self._solve(key)
         return self._memo[key]
+
+    def hull_energies(
+        self,
+        compositions: Sequence[Composition | str],
+        solve_many: Callable[[list[tuple]], list[float | None]] | None = None,
+    ) -> np.ndarray:
+        """:meth:`hull_energy_per_atom` of many compositions. The linear programmes not memoised
+        yet (one per distinct fractional composition) are solved by ``solve_many(keys)`` — e.g. in a
+        process pool, each with :meth:`solve` — or here, and memoised. A ``None`` from ``solve_many``
+        (a programme that failed) is returned as NaN and not memoised."""
+        keys: list[tuple | None] = []
+        for comp in compositions:
+            amounts = _parse_amounts(comp)
+            keys.append(_fraction_key(amounts) if amounts and sum(amounts.values()) > 0 else None)
+        todo = list(dict.fromkeys(k for k in keys if k is not None and k not in self._memo))
+        if todo:
+            values = solve_many(todo) if solve_many is not None else self.solve(todo)
+            self._memo.update((k, v) for k, v in zip(todo, values, strict=True) if v is not None)
+        return np.array([self._memo.get(k, math.nan) if k is not None else math.nan for k in keys], dtype=np.float64)
+
+    def solve(self, keys: Sequence[tuple[tuple[int, float], ...]]) -> list[float]:
+        """Hull energies of fractional-composition keys (as made by :meth:`hull_energies`), not memoised."""
+        return [self._solve(key) for key in keys]
 
     def _solve(self, key: tuple[tuple[int, float], ...]) -> float:
         zs = [z for z, _ in key]

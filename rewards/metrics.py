@@ -19,8 +19,8 @@ import torch
 from pymatgen.core import Structure
 
 from crystal_env.crystals.validity import structure_problem
-from rewards import features, novelty, safety
-from rewards.hull import mp_reduced_formulas
+from rewards import features, novelty, parallel, safety
+from rewards.hull import FormationEnergyHull, mp_reduced_formulas
 from rewards.mlip import get_mlip
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ class RewardBatch:
     Structures pass :func:`rewards.safety.sanitize` first. Every metric (and component) runs under
     :func:`rewards.safety.run_guarded` with ``crystal_timeout`` seconds per crystal (``None``: no
     limit); crystals that fail in it are listed in ``failures[name]`` (index → reason).
+
+    ``device``: where model-based metrics (MLIP, VAE features) run unless their parameters say otherwise.
+    ``num_workers``: processes for the CPU-bound metric work (:mod:`rewards.parallel`; None: every
+    available core, 0 or 1: serial in this process); pooled work keeps the per-crystal isolation.
     """
 
     def __init__(
@@ -49,7 +53,11 @@ class RewardBatch:
         structures: Sequence[Structure | None],
         reference=None,
         crystal_timeout: float | None = safety.DEFAULT_CRYSTAL_TIMEOUT,
+        device: str = "cpu",
+        num_workers: int | None = 0,
     ):
+        self.device = str(device)
+        self.num_workers = parallel.resolve_num_workers(num_workers)
         self.structures = [safety.sanitize(s) for s in structures]
         self.problems = [structure_problem(s) for s in self.structures]
         self.valid = torch.tensor([p is None for p in self.problems], dtype=torch.bool)
@@ -61,6 +69,7 @@ class RewardBatch:
         self.origin = list(range(len(self.structures)))  # index of each crystal in the reward call
         self._deps: dict[str, set[str]] = {}
         self._computing: list[str] = []
+        self._nested_seconds = 0.0
 
     def __len__(self) -> int:
         return len(self.structures)
@@ -95,9 +104,17 @@ class RewardBatch:
             raise KeyError(f"Unknown metric {name!r}; registered: {sorted(METRICS)}")
         key = (name, tuple(sorted(params.items())))
         if key not in self._cache:
+            # timings are self times: a metric that asks for another (e_above_hull → mlip_energy)
+            # is charged only for its own work, so they add up to the time spent in metrics
+            outer = self._nested_seconds
+            self._nested_seconds = 0.0
             start = time.perf_counter()
-            self._cache[key] = self.guarded(name, lambda b: METRICS[name](b, **params))
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+            try:
+                self._cache[key] = self.guarded(name, lambda b: METRICS[name](b, **params))
+            finally:
+                elapsed = time.perf_counter() - start
+                self.timings[name] = self.timings.get(name, 0.0) + elapsed - self._nested_seconds
+                self._nested_seconds = outer + elapsed
         elif self._computing:
             self._deps.setdefault(self._computing[-1], set()).add(name)
         return self._cache[key]
@@ -136,7 +153,13 @@ class RewardBatch:
 
     def single(self, i: int) -> RewardBatch:
         """A batch of crystal ``i`` alone (same reference and budget), to probe it in isolation."""
-        single = RewardBatch([self.structures[i]], self._reference, self.crystal_timeout)
+        single = RewardBatch(
+            [self.structures[i]],
+            self._reference,
+            self.crystal_timeout,
+            device=self.device,
+            num_workers=self.num_workers,
+        )
         single.origin = [self.origin[i]]
         return single
 
@@ -150,7 +173,11 @@ class RewardBatch:
 
 @register_metric("amd")
 def _amd(batch: RewardBatch, k: int = novelty.AMD_K) -> np.ndarray:
-    return novelty.amd_vectors(batch.valid_structures, k)
+    """AMD vectors (Å) of the valid crystals that share their reduced formula with another crystal of
+    the batch or of the reference — the only ones ever compared; NaN rows for the others."""
+    structures = batch.valid_structures
+    partners = novelty.crystals_with_partners(structures, batch.reference)
+    return novelty.amd_vectors_of(structures, partners, k, batch.num_workers)
 
 
 def _scale_free_amd(batch: RewardBatch) -> np.ndarray:
@@ -160,14 +187,18 @@ def _scale_free_amd(batch: RewardBatch) -> np.ndarray:
 @register_metric("unique_match")
 def _unique_match(batch: RewardBatch) -> np.ndarray:
     """Index of the earlier crystal of the batch a crystal matches (``novelty.NO_MATCH`` if none)."""
-    return novelty.unique_matches(batch.valid_structures, _scale_free_amd(batch), batch.reference.matcher)
+    return novelty.unique_matches(
+        batch.valid_structures, _scale_free_amd(batch), batch.reference.matcher, num_workers=batch.num_workers
+    )
 
 
 @register_metric("novel_match")
 def _novel_match(batch: RewardBatch) -> np.ndarray:
     """Index of the reference crystal a crystal matches (``novelty.NO_MATCH`` if none)."""
     ref = batch.reference
-    return novelty.novel_matches(batch.valid_structures, _scale_free_amd(batch), ref, ref.matcher)
+    return novelty.novel_matches(
+        batch.valid_structures, _scale_free_amd(batch), ref, ref.matcher, num_workers=batch.num_workers
+    )
 
 
 @register_metric("unique")
@@ -197,22 +228,42 @@ def _mlip_energy(
     relax_steps: int = 0,
     fmax: float = 0.1,
     batch_size: int = 16,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> np.ndarray:
-    """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable."""
-    with safety.suspended():  # loading the model (once per process) is not the crystals' time
-        backend = get_mlip(mlip, model, device)
+    """MP2020-compatible MLIP energy per atom (eV/atom), after optional relaxation; NaN if unavailable.
+
+    ``device``: None = the batch's. On the CPU without relaxation, the MLIP batches are spread over
+    the batch's worker processes (whole batches of ``batch_size``, as the serial loop cuts them).
+    """
+    device = device or batch.device
     idx = [i for i, ok in enumerate(batch.valid.tolist()) if ok]
     structures = [batch.structures[i] for i in idx]
+    out = np.full(len(batch), np.nan)
+    if not structures:
+        return out
+    if relax_steps == 0 and device == "cpu" and batch.num_workers > 1:
+        starts = list(range(0, len(structures), batch_size))
+        parts = [[starts[j] for j in part] for part in parallel.chunks(range(len(starts)), batch.num_workers)]
+        tasks = [(mlip, model, structures[p[0] : p[-1] + batch_size], batch_size) for p in parts]
+        out[idx] = np.concatenate(parallel.run(_mlip_energies, tasks, batch.num_workers))
+        for i in idx:
+            if not np.isfinite(out[i]):
+                safety.note_failure(i, f"no {mlip} energy")
+        return out
+    with safety.suspended():  # loading the model (once per process) is not the crystals' time
+        backend = get_mlip(mlip, model, device)
     if relax_steps > 0:
         structures = backend.relax(structures, relax_steps, fmax, batch_size)
-    out = np.full(len(batch), np.nan)
-    if structures:
-        out[idx] = backend.energies(structures, batch_size)
+    out[idx] = backend.energies(structures, batch_size)
     for i in idx:
         if not np.isfinite(out[i]):
             safety.note_failure(i, f"no {mlip} energy")
     return out
+
+
+def _mlip_energies(mlip: str, model: str | None, structures: Sequence[Structure], batch_size: int) -> np.ndarray:
+    """A pool task: MP2020-compatible energies of consecutive MLIP batches, on the worker's CPU."""
+    return get_mlip(mlip, model, "cpu").energies(structures, batch_size)
 
 
 @register_metric("e_above_hull")
@@ -221,13 +272,36 @@ def _e_above_hull(batch: RewardBatch, **mlip_params: Any) -> np.ndarray:
     energies = batch.metric("mlip_energy", **mlip_params)
     hull = batch.reference.hull
     out = np.full(len(batch), np.nan)
-    for i, (s, e) in enumerate(zip(batch.structures, energies, strict=True)):
-        if np.isfinite(e):
-            with safety.crystal_scope(i):
-                out[i] = hull.e_above_hull(s.composition, float(e))
-                if not np.isfinite(out[i]):
-                    safety.note_failure(i, "no hull energy (an element without reference energy, or outside the hull)")
+    idx = [i for i, e in enumerate(energies) if np.isfinite(e)]
+    if isinstance(hull, FormationEnergyHull) and batch.num_workers > 1:
+        # its linear programmes (one per composition not memoised yet) in the pool first; a programme
+        # that fails there is left unmemoised and tried again below, in its crystal's scope
+        def solve_many(keys: list[tuple]) -> list[float | None]:
+            parts = parallel.chunks(range(len(keys)), 4 * batch.num_workers)
+            tasks = [([keys[j] for j in part],) for part in parts]
+            results = parallel.run(_solve_hull, tasks, batch.num_workers, batch.reference)
+            return [value for part in results for value in part]
+
+        hull.hull_energies([batch.structures[i].composition for i in idx], solve_many)
+    for i in idx:
+        with safety.crystal_scope(i):
+            out[i] = hull.e_above_hull(batch.structures[i].composition, float(energies[i]))
+            if not np.isfinite(out[i]):
+                safety.note_failure(i, "no hull energy (an element without reference energy, or outside the hull)")
     return out
+
+
+def _solve_hull(keys: list[tuple]) -> list[float | None]:
+    """A pool task: hull energies of fractional-composition keys, with the worker's copy of the hull
+    (None for a programme that raised)."""
+    hull = parallel.worker_context().hull
+    values: list[float | None] = [None] * len(keys)
+    for j, key in enumerate(keys):
+        try:  # keys are not crystals: a failure is retried (and recorded) in its crystals' own scopes
+            values[j] = hull.solve([key])[0]
+        except Exception:  # noqa: BLE001
+            continue
+    return values
 
 
 @register_metric("hull_covered")
@@ -239,10 +313,11 @@ def _hull_covered(batch: RewardBatch) -> np.ndarray:
 
 
 @register_metric("vae_structure_features")
-def _vae_structure_features(batch: RewardBatch, model: Any = "mp20_tiny") -> torch.Tensor:
-    return features.vae_features(batch.valid_structures, features.get_model(model), "structure")
+def _vae_structure_features(batch: RewardBatch, model: Any = "mp20_tiny", device: str | None = None) -> torch.Tensor:
+    return features.vae_features(batch.valid_structures, features.get_model(model, device or batch.device), "structure")
 
 
 @register_metric("vae_composition_features")
-def _vae_composition_features(batch: RewardBatch, model: Any = "mp20_tiny") -> torch.Tensor:
-    return features.vae_features(batch.valid_structures, features.get_model(model), "composition")
+def _vae_composition_features(batch: RewardBatch, model: Any = "mp20_tiny", device: str | None = None) -> torch.Tensor:
+    model = features.get_model(model, device or batch.device)
+    return features.vae_features(batch.valid_structures, model, "composition")

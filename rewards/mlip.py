@@ -163,7 +163,7 @@ class CHGNetBackend(MLIPBackend):
 
         with contextlib.redirect_stdout(io.StringIO()):
             if model is not None and Path(model).is_file():
-                self.model = CHGNet.from_file(model)
+                self.model = CHGNet.from_file(model).to(device)
             else:
                 self.model = CHGNet.load(model_name=model or "0.3.0", use_device=device, verbose=False)
         self.model.eval()

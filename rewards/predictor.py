@@ -68,9 +68,10 @@ class PropertyPredictor:
         self.meta = meta or {}
 
     @torch.no_grad()
-    def predict(self, structures: Sequence[Structure | None]) -> torch.Tensor:
-        """(n,) predictions; NaN where the crystal cannot be encoded."""
-        feats = pooled_latents(get_model(self.model_name), structures)
+    def predict(self, structures: Sequence[Structure | None], device: str = "cpu") -> torch.Tensor:
+        """(n,) predictions; NaN where the crystal cannot be encoded. The VAE encodes on ``device``;
+        the small head runs on the CPU."""
+        feats = pooled_latents(get_model(self.model_name, device), structures)
         ok = torch.isfinite(feats).all(1)
         out = torch.full((len(structures),), float("nan"))
         if ok.any():
@@ -120,10 +121,10 @@ def get_predictor(checkpoint: str) -> PropertyPredictor:
 
 
 @register_metric("property_prediction")
-def _property_prediction(batch: RewardBatch, checkpoint: str) -> torch.Tensor:
+def _property_prediction(batch: RewardBatch, checkpoint: str, device: str | None = None) -> torch.Tensor:
     with suspended():
         predictor = get_predictor(checkpoint)
-    return predictor.predict(batch.valid_structures)
+    return predictor.predict(batch.valid_structures, device or batch.device)
 
 
 def train_predictor(
@@ -138,26 +139,27 @@ def train_predictor(
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     seed: int = 0,
+    device: str = "cpu",
 ) -> tuple[PropertyPredictor, dict[str, float]]:
     """Fit a head on the frozen VAE's pooled latents of the train split (target standardised with
     the train mean/std); keep the weights of the best validation MAE. Returns the predictor and
     its validation and test MAE next to the predict-the-train-mean baseline (the test split plays
-    no part in training or model selection).
+    no part in training or model selection). The VAE encodes and the head trains on ``device``.
     """
     from crystal_env.data import load_dataset
 
     torch.manual_seed(seed)
-    vae = get_model(model)
+    vae = get_model(model, device)
     splits = {s: load_dataset(dataset, s, max_atoms=max_atoms) for s in ("train", "val", "test")}
     data = {}
     for split, ds in splits.items():
         x = pooled_latents(vae, ds.structures)
         y = torch.as_tensor(ds.property_values(target), dtype=torch.float32)
         ok = torch.isfinite(x).all(1) & torch.isfinite(y)
-        data[split] = (x[ok], y[ok])
+        data[split] = (x[ok].to(device), y[ok].to(device))
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = data["train"], data["val"], data["test"]
     mean, std = float(y_tr.mean()), float(y_tr.std().clamp_min(1e-6))
-    head = PropertyHead(x_tr.shape[1], hidden, layers, dropout)
+    head = PropertyHead(x_tr.shape[1], hidden, layers, dropout).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     best = (float("inf"), 0, {k: v.clone() for k, v in head.state_dict().items()})
     for epoch in range(epochs):
@@ -173,6 +175,9 @@ def train_predictor(
             best = (val_mae, epoch, {k: v.clone() for k, v in head.state_dict().items()})
     head.load_state_dict(best[2])
     head.eval()
+    y_tr, y_va, y_te = y_tr.cpu(), y_va.cpu(), y_te.cpu()
+    x_te = x_te.cpu()
+    head.cpu()  # predictions (and the checkpoint) use the head on the CPU
     with torch.no_grad():
         test_mae = float((head(x_te) * std + mean - y_te).abs().mean())
     metrics = {

@@ -107,13 +107,14 @@ class ReferenceSet:
         """AMD vectors (Å) of the reference crystals with this reduced formula."""
         return self.amds[self.by_formula.get(formula, [])]
 
-    def vae_features(self, model: str | Path | CrystalLDM, kind: str) -> torch.Tensor:
-        """VAE features of (at most ``max_features``, a fixed random subset of) the reference crystals."""
+    def vae_features(self, model: str | Path | CrystalLDM, kind: str, device: str = "cpu") -> torch.Tensor:
+        """VAE features of (at most ``max_features``, a fixed random subset of) the reference crystals
+        (computed on ``device`` when not cached; returned on the CPU)."""
         mem_key = (id(model) if isinstance(model, CrystalLDM) else str(model), kind)
         if mem_key not in self._features:
 
             def build() -> torch.Tensor:
-                feats = features.vae_features(self.structures, features.get_model(model), kind)
+                feats = features.vae_features(self.structures, features.get_model(model, device), kind)
                 feats = feats[torch.isfinite(feats).all(1)]
                 if len(feats) > self.max_features:
                     keep = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0))

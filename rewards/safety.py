@@ -28,7 +28,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -296,6 +296,36 @@ def crystal_scope(i: int) -> AbstractContextManager:
     at its default and records the crystal as failed with the reason; the loop continues.
     """
     return _CrystalScope(i, _ACTIVE.get())
+
+
+# ---- tasks run elsewhere (rewards.parallel) ---------------------------------------------------------
+@dataclass
+class TaskScope:
+    """What a task computed away from its metric (in a pool worker, or here on a slice of the batch)
+    needs to isolate its crystals as the metric would: the per-crystal budget, and each crystal's index
+    in the reward call. Positions in the task are what its ``crystal_scope(j)`` calls name."""
+
+    crystal_timeout: float | None
+    origin: list[int]
+
+
+def task_scope(crystals: Sequence[int]) -> TaskScope:
+    """The :class:`TaskScope` of a task on crystals ``crystals`` (indices in the batch being scored)."""
+    scope = _ACTIVE.get()
+    if scope is None:  # outside a reward computation: no budget, failures only logged
+        return TaskScope(None, [-1] * len(crystals))
+    return TaskScope(scope.batch.crystal_timeout, [scope.batch.origin[i] for i in crystals])
+
+
+def run_task(fn: Callable[..., Any], args: Sequence[Any], task: TaskScope) -> tuple[Any, dict[int, str]]:
+    """``fn(*args)`` with its crystal scopes under ``task``'s budget; the value and the crystals that
+    failed (position in the task → reason). Exceptions outside crystal scopes propagate."""
+    scope = _Scope(task, "task")  # type: ignore[arg-type]  # a TaskScope stands in for the batch
+    token = _ACTIVE.set(scope)
+    try:
+        return fn(*args), scope.failures
+    finally:
+        _ACTIVE.reset(token)
 
 
 # ---- whole computations ----------------------------------------------------------------------------

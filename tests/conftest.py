@@ -7,6 +7,9 @@ import torch
 
 # Keep every test's caches away from the user's home and from each other's sessions.
 os.environ.setdefault("CRYSTAL_ENV_CACHE", tempfile.mkdtemp(prefix="crystal_env_cache_"))
+# compiled numba kernels (the amd package's) are keyed by their source, not by data: share them across
+# sessions instead of recompiling (~15 s) in every fresh cache directory
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "crystal_env_numba_cache"))
 torch.set_num_threads(1)  # small models: threads only add contention
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -145,3 +145,50 @@ def test_bundled_model_samples_decodable_crystals():
     assert len(structures) == 8
     assert all(s is not None and len(s) >= 1 for s in structures)
     assert all(math.isfinite(s.volume) and s.volume > 0 for s in structures)
+
+
+def test_packed_denoiser_equals_each_crystal_alone():
+    """The batched forward (token-wise layers on the real atoms only, attention padded to the largest
+    crystal, not to max_atoms) gives every crystal what it gets alone, without any padding."""
+    model = load_model("mp20_tiny")  # trained weights: the zero-initialised output layers of a fresh model hide errors
+    g = torch.Generator().manual_seed(0)
+    num_atoms = torch.tensor([3, 7, 7, 12, 1])
+    z, mask = model.prior(num_atoms, g)
+    assert z.shape[1] == 20  # padded to max_atoms
+    t = torch.tensor([999, 500, 10, 250, 0])
+    with torch.no_grad():
+        batched = model.denoiser(z, t, mask)
+        assert batched.shape == z.shape and not batched[~mask].any()
+        for i, n in enumerate(num_atoms.tolist()):
+            alone = model.denoiser(z[i : i + 1, :n], t[i : i + 1], mask[i : i + 1, :n])
+            torch.testing.assert_close(batched[i, :n], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_vae_computes_on_the_batch_trimmed_to_its_largest_crystal(mp20_train):
+    from crystal_env.crystals.batch import trim_atoms
+
+    model = load_model("mp20_tiny")
+    structures = [s for s in mp20_train.structures if len(s) <= 6][:5]
+    padded = structures_to_batch(structures, 20)
+    tight = structures_to_batch(structures)  # padded to the largest crystal only
+    assert tight["mask"].shape[1] == max(len(s) for s in structures) < 20
+    mu, logvar = model.vae.encode(padded)
+    mu_tight, _ = model.vae._encode(tight)
+    assert mu.shape == (5, 20, 8) and not mu[:, tight["mask"].shape[1] :].any()
+    torch.testing.assert_close(mu[:, : tight["mask"].shape[1]], mu_tight)
+    decoded = model.vae.decode(mu, padded["mask"])
+    assert decoded["atom_types"].shape == (5, 20)
+    reference = model.vae.decode_logits(mu, padded["mask"])  # the untrimmed computation
+    assert torch.equal(
+        decoded["atom_types"][padded["mask"]], reference["type_logits"][padded["mask"]][:, 1:].argmax(-1) + 1
+    )
+    assert trim_atoms(padded, 20) is padded
+
+
+def test_schedule_tables_are_buffers_that_follow_the_model(tiny_model):
+    tiny_model.configure_sampler("ddim", 10, 1.0)
+    buffers = dict(tiny_model.named_buffers())
+    assert {"schedule.timesteps", "schedule.sigma", "schedule.sqrt_ab"} <= set(buffers)
+    assert not any(k.startswith("schedule.") for k in tiny_model.state_dict())  # rebuilt, never saved
+    moved = tiny_model.to("meta")
+    assert moved.schedule.timesteps.device.type == "meta" and moved.schedule.dir_coef.device.type == "meta"

@@ -40,3 +40,14 @@ def test_vae_pretraining_resumes_exactly(tmp_path):
     b = torch.load(resumed, weights_only=False)["vae_state"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_dataloader_workers_give_the_same_training_and_throughput_is_logged(tmp_path):
+    serial = pretrain_vae("mp20_sample", 20, TINY_VAE, _loop(2), tmp_path / "serial")
+    workers = pretrain_vae("mp20_sample", 20, TINY_VAE, {**_loop(2), "num_workers": 2}, tmp_path / "workers")
+    a, b = (torch.load(p, weights_only=False) for p in (serial, workers))
+    for key in a["vae_state"]:
+        torch.testing.assert_close(a["vae_state"][key], b["vae_state"][key], rtol=0, atol=0)
+    history = b["meta"]["history"]
+    assert all(r["crystals_per_second"] > 0 for r in history)
+    assert [r["val/loss"] for r in history] == [r["val/loss"] for r in a["meta"]["history"]]

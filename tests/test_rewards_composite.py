@@ -164,3 +164,42 @@ def test_dng_config_matches_the_issue():
     assert energy.mlip_params["mlip"] == "mace"
     density = build_reward("atomic_density", overrides=["components.0.target=0.05"])
     assert density.components[0].target == 0.05
+
+
+def test_reward_models_run_on_the_reward_device_unless_a_component_says_otherwise(
+    monkeypatch, tiny_reference, tiny_model
+):
+    """build_reward(..., device=) (the env's device) reaches the MLIP and the VAE features; a
+    component's own ``device`` wins. Checked with stand-ins: no GPU is needed to test the wiring."""
+    import rewards.features
+    import rewards.metrics
+
+    class FakeMLIP:
+        def energies(self, structures, batch_size):
+            return np.full(len(structures), -3.0)
+
+    mlip_devices, vae_devices = [], []
+    monkeypatch.setattr(
+        rewards.metrics, "get_mlip", lambda name, model, device: mlip_devices.append(device) or FakeMLIP()
+    )
+    monkeypatch.setattr(
+        rewards.features, "get_model", lambda model, device="cpu": vae_devices.append(device) or tiny_model
+    )
+    config = {
+        "components": [
+            {"_target_": "rewards.Energy"},
+            {"_target_": "rewards.StructureDiversity", "model": "mp20_tiny"},
+            {"_target_": "rewards.CompositionDiversity", "model": "mp20_tiny", "device": "cpu"},
+        ]
+    }
+    reward = build_reward(config, device="cuda:3")
+    reward._reference = tiny_reference
+    assert reward.device == "cuda:3"
+    reward([rock_salt(), rock_salt(5.0)])
+    assert mlip_devices == ["cuda:3"]
+    assert sorted(set(vae_devices)) == [
+        "cpu",
+        "cuda:3",
+    ]  # structure features on the reward's device, composition on cpu
+    assert build_reward({**config, "device": "cpu"}, device="cuda:3").device == "cpu"  # the config's own setting wins
+    assert build_reward("atomic_density").device == "cpu"

@@ -17,6 +17,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from tensordict import TensorDict
 
 MAX_ATOMIC_NUMBER = 100
+ATOM_KEYS = ("atom_types", "frac_coords", "mask")  # the per-atom entries, (B, N, ...)
 
 
 def structures_to_batch(structures: Sequence[Structure], max_atoms: int | None = None) -> TensorDict:
@@ -67,6 +68,18 @@ def make_batch(
         },
         batch_size=[mask.shape[0]],
     )
+
+
+def trim_atoms(batch: TensorDict, n: int, keys: Sequence[str] = ATOM_KEYS) -> TensorDict:
+    """The batch with its per-atom entries ``keys`` cut to the first ``n`` atom columns (e.g. to
+    its largest crystal, ``crystal_env.models.layers.used_length(batch["mask"])``)."""
+    if batch["mask"].shape[1] == n:
+        return batch
+    out = batch.clone(recurse=False)
+    for key in keys:
+        if key in batch.keys():
+            out[key] = batch[key][:, :n]
+    return out
 
 
 def batch_to_structures(batch: TensorDict) -> list[Structure | None]:

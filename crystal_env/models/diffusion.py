@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLERS = ("ddim", "ddpm")
@@ -34,7 +35,7 @@ class SamplerConfig:
             raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
 
 
-class RespacedSchedule:
+class RespacedSchedule(nn.Module):
     """The K diffusion timesteps a sampler visits and the coefficients of each transition.
 
     Step k (0 ≤ k < K) maps z at timestep ``timesteps[k]`` to z at ``timesteps[k+1]`` (or to z_0
@@ -50,40 +51,45 @@ class RespacedSchedule:
     ``ddimK``): T·k/K for k = K−1, …, 0, so 50 steps start at t = 980 and 10 at t = 900. Starting at
     t = T−1 = 999, where √ᾱ = 5e-5, made x̂_0 = (z − √(1−ᾱ) ε̂)/√ᾱ hit the clip for 99 % of its
     entries: the first transition ignored the denoiser and inflated the latents' spread.
+
+    The per-step tables are non-persistent buffers: they follow the model's device (``model.to``)
+    and are rebuilt from the sampler config, never saved.
     """
 
     def __init__(self, config: SamplerConfig, alphas_cumprod: torch.Tensor):
+        super().__init__()
         self.config = config
         T = alphas_cumprod.numel()
         stride = T / config.num_steps
-        self.timesteps = (torch.arange(config.num_steps, dtype=torch.float64) * stride).round().long().flip(0)
-        ab = alphas_cumprod[self.timesteps]
+        timesteps = (torch.arange(config.num_steps, dtype=torch.float64) * stride).round().long().flip(0)
+        ab = alphas_cumprod.double().cpu()[timesteps]
         ab_prev = torch.cat([ab[1:], torch.ones(1, dtype=ab.dtype)])
         eta = 1.0 if config.kind == "ddpm" else config.eta
         var = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
-        self.sigma = var.clamp_min(0).sqrt().float()
-        self.sqrt_ab = ab.sqrt().float()
-        self.sqrt_1m_ab = (1 - ab).sqrt().float()
-        self.sqrt_ab_prev = ab_prev.sqrt().float()
-        self.dir_coef = (1 - ab_prev - var).clamp_min(0).sqrt().float()
+        tables = {
+            "timesteps": timesteps,
+            "sigma": var.clamp_min(0).sqrt(),
+            "sqrt_ab": ab.sqrt(),
+            "sqrt_1m_ab": (1 - ab).sqrt(),
+            "sqrt_ab_prev": ab_prev.sqrt(),
+            "dir_coef": (1 - ab_prev - var).clamp_min(0).sqrt(),
+        }
+        for name, value in tables.items():
+            value = value if name == "timesteps" else value.float()
+            self.register_buffer(name, value.to(alphas_cumprod.device), persistent=False)
 
     @property
     def num_steps(self) -> int:
         return self.config.num_steps
 
     def coefficients(self, step: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-sample coefficients, shaped (B, 1, 1) for broadcasting over atoms and latent dims."""
+        """Per-sample coefficients, shaped (B, 1, 1) for broadcasting over atoms and latent dims.
+
+        ``step`` must be on the schedule's device (the model's).
+        """
         if bool(((step < 0) | (step >= self.num_steps)).any()):
             raise IndexError(f"sampling step out of range [0, {self.num_steps}): {step.tolist()}")
-
-        def pick(v: torch.Tensor) -> torch.Tensor:
-            return v.to(step.device)[step].view(-1, 1, 1)
-
-        return {
-            "t": self.timesteps.to(step.device)[step],
-            "sqrt_ab": pick(self.sqrt_ab),
-            "sqrt_1m_ab": pick(self.sqrt_1m_ab),
-            "sqrt_ab_prev": pick(self.sqrt_ab_prev),
-            "dir_coef": pick(self.dir_coef),
-            "sigma": pick(self.sigma),
-        }
+        out = {"t": self.timesteps[step]}
+        for name in ("sqrt_ab", "sqrt_1m_ab", "sqrt_ab_prev", "dir_coef", "sigma"):
+            out[name] = getattr(self, name)[step].view(-1, 1, 1)
+        return out

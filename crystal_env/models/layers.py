@@ -28,6 +28,24 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
+def used_length(mask: torch.Tensor) -> int:
+    """Number of leading atom columns of a (B, N) mask that hold any real atom: the columns after it
+    are padding in every row and can be dropped (a batch padded to ``max_atoms`` → to its largest
+    crystal). At least 1 (models need a non-empty sequence) unless N is 0. One device sync."""
+    if mask.numel() == 0:
+        return min(mask.shape[1], 1)
+    cols = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return max(int((mask.any(0) * cols).max()), 1)
+
+
+def pad_atoms(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero-pad dim 1 (atoms) of ``x`` back to ``n``."""
+    if x.shape[1] == n:
+        return x
+    pad = [0, 0] * (x.dim() - 2) + [0, n - x.shape[1]]
+    return torch.nn.functional.pad(x, pad)
+
+
 def transformer_encoder(d_model: int, num_heads: int, num_layers: int, dropout: float) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
         d_model, num_heads, dim_feedforward=4 * d_model, dropout=dropout, batch_first=True, norm_first=True

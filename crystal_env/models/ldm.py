@@ -65,7 +65,7 @@ class CrystalLDM(nn.Module):
 
     def configure_sampler(self, kind: str = "ddim", num_steps: int = 50, eta: float = 1.0) -> RespacedSchedule:
         self.sampler = SamplerConfig(kind=kind, num_steps=num_steps, eta=eta)
-        self.schedule = RespacedSchedule(self.sampler, self.alphas_cumprod.double().cpu())
+        self.schedule = RespacedSchedule(self.sampler, self.alphas_cumprod)  # on the model's device
         return self.schedule
 
     # ---- the interface used by environments and agents -------------------------------------------
@@ -77,7 +77,7 @@ class CrystalLDM(nn.Module):
         self, num_atoms: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """z_T ~ N(0, I) for crystals of ``num_atoms`` atoms (padding zeroed), and its mask."""
-        num_atoms = torch.as_tensor(num_atoms, dtype=torch.long).flatten()
+        num_atoms = torch.as_tensor(num_atoms, dtype=torch.long).flatten().cpu()  # drawn on the CPU, then moved
         if bool(((num_atoms < 1) | (num_atoms > self.max_atoms)).any()):
             raise ValueError(f"num_atoms must be in [1, {self.max_atoms}], got {num_atoms.tolist()}")
         mask = torch.arange(self.max_atoms)[None, :] < num_atoms[:, None]
@@ -153,9 +153,9 @@ class CrystalLDM(nn.Module):
         return {
             "format": LDM_FORMAT,
             "vae_config": asdict(self.vae.config),
-            "vae_state": self.vae.state_dict(),
+            "vae_state": {k: v.cpu() for k, v in self.vae.state_dict().items()},
             "denoiser_config": asdict(self.denoiser.config),
-            "denoiser_state": self.denoiser.state_dict(),
+            "denoiser_state": {k: v.cpu() for k, v in self.denoiser.state_dict().items()},
             "latent_mean": self.latent_mean.cpu(),
             "latent_std": self.latent_std.cpu(),
             "num_atoms_counts": self.num_atoms_counts.cpu(),

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from crystal_env.crystals.batch import MAX_ATOMIC_NUMBER, make_batch
+from crystal_env.crystals.batch import MAX_ATOMIC_NUMBER, make_batch, trim_atoms
 from crystal_env.models.elements import element_descriptors
-from crystal_env.models.layers import masked_mean, periodic_features, transformer_encoder
+from crystal_env.models.layers import masked_mean, pad_atoms, periodic_features, transformer_encoder, used_length
 
 
 @dataclass
@@ -84,7 +84,15 @@ class CrystalVAE(nn.Module):
         self.lattice_std.copy_(feats.std(0).clamp_min(1e-3))
 
     def encode(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom latent mean and log-variance, each (B, N, latent_dim); padding rows are zero."""
+        """Per-atom latent mean and log-variance, each (B, N, latent_dim); padding rows are zero.
+
+        Computed on the batch trimmed to its largest crystal, then padded back to N.
+        """
+        n_pad, n = batch["mask"].shape[1], used_length(batch["mask"])
+        mu, logvar = self._encode(trim_atoms(batch, n))
+        return pad_atoms(mu, n_pad), pad_atoms(logvar, n_pad)
+
+    def _encode(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
         mask = batch["mask"]
         lat = lattice_features(batch["lengths"], batch["angles"], batch["num_atoms"]) - self.lattice_mean
         lat = lat / self.lattice_std
@@ -110,7 +118,9 @@ class CrystalVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, mask: torch.Tensor) -> TensorDict:
-        """Latents → crystal batch (most likely atom type, coordinates, lattice)."""
+        """Latents → crystal batch (most likely atom type, coordinates, lattice), padded like ``mask``."""
+        n_pad, n = mask.shape[1], used_length(mask)
+        z, mask = z[:, :n], mask[:, :n]
         out = self.decode_logits(z, mask)
         logits = out["type_logits"].clone()
         logits[..., 0] = -math.inf  # never predict padding for a real atom
@@ -120,7 +130,7 @@ class CrystalVAE(nn.Module):
         num_atoms = mask.sum(1)
         feats = out["lattice"] * self.lattice_std + self.lattice_mean
         lengths, angles = lattice_from_features(feats, num_atoms)
-        return make_batch(atom_types, frac, lengths, angles, mask)
+        return make_batch(pad_atoms(atom_types, n_pad), pad_atoms(frac, n_pad), lengths, angles, pad_atoms(mask, n_pad))
 
     def loss(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         """Negative ELBO terms: type cross-entropy, periodic coordinate loss, lattice MSE, KL."""

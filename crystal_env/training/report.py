@@ -21,7 +21,7 @@ def reconstruction_match_rate(model: CrystalLDM, structures: Sequence[Structure]
 
     Also reports the fraction with the exact composition and the per-atom type accuracy.
     """
-    batch = structures_to_batch(structures, model.max_atoms)
+    batch = structures_to_batch(structures, model.max_atoms).to(model.latent_mean.device)
     mu, _ = model.vae.encode(batch)
     decoded = model.vae.decode(mu, batch["mask"])
     recon = batch_to_structures(decoded)

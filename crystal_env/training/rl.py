@@ -24,9 +24,11 @@ import torch.distributed as dist
 import yaml
 from torchrl.record.loggers import CSVLogger, Logger
 
+from agents.base import Agent
 from agents.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, remove_stale_temp_files, resolve_checkpoint
 from agents.factory import build_agent
 from agents.trainer import Trainer, TrainerConfig
+from crystal_env.env import CrystalDiffusionEnv
 from crystal_env.factory import build_reward_fn, make_env
 from crystal_env.models.ldm import CrystalLDM
 from crystal_env.paths import atomic_write_bytes
@@ -272,11 +274,11 @@ def _prepare_run_dir(run_dir: Path, cfg: dict[str, Any], state: dict[str, Any] |
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
 
 
-def _train(
-    cfg: dict[str, Any], run_dir: Path, state: dict[str, Any] | None, rank: int, world: int
-) -> list[dict[str, float]]:
-    seed = int(cfg.get("seed", 0)) + rank  # each rank collects its own groups
-    torch.manual_seed(seed)
+def build_training(
+    cfg: dict[str, Any], seed: int, val_batch_size: int | None = None
+) -> tuple[Agent, CrystalDiffusionEnv, CrystalDiffusionEnv | None]:
+    """The agent, the training env and (if ``val_batch_size``) the validation env of a resolved
+    config (keys: env, reward, agent, policy, device), all on ``cfg["device"]``."""
     env_cfg = dict(cfg["env"])
     agent_cfg = dict(cfg["agent"])
     from hydra.utils import get_class
@@ -284,18 +286,17 @@ def _train(
     required_group = getattr(get_class(agent_cfg["_target_"]), "required_group_size", None)
     if required_group is not None:
         env_cfg["group_size"] = required_group
-    reward_fn = build_reward_fn(cfg["reward"])
-    env = make_env(env_cfg, reward=reward_fn, seed=seed, device=cfg.get("device", "cpu"))
-    trainer_cfg = dict(cfg["trainer"])
-    val_batch = trainer_cfg.pop("val_batch_size", env.batch_size[0])
+    device = cfg.get("device", "cpu")
+    reward_fn = build_reward_fn(cfg["reward"], device=device)
+    env = make_env(env_cfg, reward=reward_fn, seed=seed, device=device)
     val_env = None
-    if val_batch:
-        group = env_cfg["group_size"] if val_batch % env_cfg["group_size"] == 0 else 1
+    if val_batch_size:
+        group = env_cfg["group_size"] if val_batch_size % env_cfg["group_size"] == 0 else 1
         val_env = make_env(
-            {**env_cfg, "batch_size": val_batch, "group_size": group},
+            {**env_cfg, "batch_size": val_batch_size, "group_size": group},
             reward=reward_fn,
             seed=seed + 10_000,
-            device=cfg.get("device", "cpu"),
+            device=device,
         )
         val_env.model = env.model  # one model in memory: the policy being trained
     model = env.model
@@ -310,6 +311,21 @@ def _train(
         num_steps=env.num_steps,
         reward_normalizer=getattr(reward_fn, "normalize", None),
     )
+    return agent, env, val_env
+
+
+def _train(
+    cfg: dict[str, Any], run_dir: Path, state: dict[str, Any] | None, rank: int, world: int
+) -> list[dict[str, float]]:
+    seed = int(cfg.get("seed", 0)) + rank  # each rank collects its own groups
+    torch.manual_seed(seed)
+    saved_cfg = cfg  # the checkpoint keeps "cuda", not this rank's GPU, so a resume maps ranks afresh
+    if world > 1 and cfg.get("device") == "cuda":  # torchrun: one GPU per process
+        cfg = {**cfg, "device": f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"}
+        torch.cuda.set_device(torch.device(cfg["device"]))
+    trainer_cfg = dict(cfg["trainer"])
+    val_batch = trainer_cfg.pop("val_batch_size", int(cfg["env"]["batch_size"]))
+    agent, env, val_env = build_training(cfg, seed, val_batch)
     trainer = Trainer(
         agent,
         env,
@@ -317,8 +333,8 @@ def _train(
         TrainerConfig(**trainer_cfg),
         run_dir,
         loggers=make_loggers(dict(cfg.get("logger", {})), run_dir) if rank == 0 else [],
-        config=cfg,
-        hooks=[crystal_hooks(model)],
+        config=saved_cfg,
+        hooks=[crystal_hooks(env.model)],
     )
     if world > 1:
         log.info("rank %d/%d: data-parallel training, gradients all-reduced", rank, world)
