@@ -39,37 +39,29 @@ def quiet_third_party() -> Iterator[None]:
             os.environ["SPGLIB_WARNING"] = previous
 
 
+def _at_least(text: str, cast: type, minimum: float, what: str):
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not value >= minimum:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: must be >= {minimum}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: must be >= 1")
-    return value
+    return _at_least(text, int, 1, "an integer")
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0 (seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: must be >= 0")
-    return value
+    return _at_least(text, int, 0, "an integer")
 
 
 def non_negative_float(text: str) -> float:
     """argparse type: a float >= 0 (DDIM eta)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: must be >= 0")
-    return value
+    return _at_least(text, float, 0, "a number")
 
 
 def seed_everything(seed: int) -> None:

@@ -123,21 +123,26 @@ class FormationEnergyHull:
         self._z = np.array([z for k in keys for z, _ in k], dtype=np.int64)
         self._frac = np.array([x for k in keys for _, x in k], dtype=np.float64)
         self._memo: dict[tuple, float] = {}
+        self._systems: dict[frozenset[int], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.formulas)
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_memo"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_memo", "_systems")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._memo = {}
+        self._memo, self._systems = {}, {}
 
     def _candidates(self, zs: Sequence[int]) -> np.ndarray:
-        """Indices of the entries whose elements are all in ``zs``."""
-        lo, hi = np.uint64(_mask(zs, 0)), np.uint64(_mask(zs, 64))
-        return np.flatnonzero(((self._lo & ~lo) == 0) & ((self._hi & ~hi) == 0))
+        """Indices of the entries whose elements are all in ``zs`` (memoised per chemical system: the
+        coverage check and the hull energy of a crystal ask for the same system)."""
+        system = frozenset(zs)
+        if system not in self._systems:
+            lo, hi = np.uint64(_mask(zs, 0)), np.uint64(_mask(zs, 64))
+            self._systems[system] = np.flatnonzero(((self._lo & ~lo) == 0) & ((self._hi & ~hi) == 0))
+        return self._systems[system]
 
     def has_compound(self, composition: Composition | str) -> bool:
         """Whether the chemical system of ``composition`` holds at least one known compound."""
