@@ -14,6 +14,7 @@ from rewards.components import (
     StructureDiversity,
 )
 from rewards.composite import CompositeReward
+from rewards.composition_uniqueness import CompositionUniqueness
 from rewards.factory import build_reward, reward_names
 from rewards.isolated import IsolatedReward
 from rewards.metrics import METRICS, RewardBatch, register_metric
@@ -25,6 +26,7 @@ __all__ = [
     "AtomicDensity",
     "CompositeReward",
     "CompositionDiversity",
+    "CompositionUniqueness",
     "Creativity",
     "Energy",
     "IsolatedReward",

@@ -6,6 +6,7 @@ from rewards import (
     AtomicDensity,
     CompositeReward,
     CompositionDiversity,
+    CompositionUniqueness,
     Creativity,
     Predictor,
     ReferenceSet,
@@ -127,6 +128,20 @@ def test_atomic_density_and_smact():
 
     na_cl2 = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0.5, 0.5]])
     assert SMACTValidity()([nacl, na_cl2, bad, None]).tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_composition_uniqueness_counts_formulas_in_batch_and_memory():
+    nacl, nacl_big, kcl = rock_salt(5.64), rock_salt(6.0), rock_salt(6.3, "K", "Cl")
+    # the two NaCl lattices are different structures but one composition; invalid crystals get 0
+    batch_only = CompositionUniqueness()
+    assert batch_only([nacl, nacl_big, kcl, None]).tolist() == [0.5, 0.5, 1.0, 0.0]
+    assert batch_only([nacl]).tolist() == [1.0]  # memory=0: nothing carries over between calls
+    remembering = CompositionUniqueness(memory=3)
+    remembering([nacl, nacl_big, kcl])  # remembers NaCl, NaCl, KCl
+    torch.testing.assert_close(remembering([nacl, kcl]), torch.tensor([1 / 3, 1 / 2]))  # 1 + 2 NaCl, 1 + 1 KCl
+    torch.testing.assert_close(remembering([kcl]), torch.tensor([1 / 3]))  # only the last 3 crystals (KCl, NaCl, KCl) count
+    with pytest.raises(ValueError, match="memory"):
+        CompositionUniqueness(memory=-1)
 
 
 def test_predictor_component(tmp_path, tiny_model):

@@ -1,0 +1,44 @@
+"""Composition uniqueness: a count-based guard against collapse onto a few compositions."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+
+import torch
+
+from rewards.base import RewardComponent
+from rewards.metrics import RewardBatch
+
+
+class CompositionUniqueness(RewardComponent):
+    """1 / (how often this reduced formula occurs among the batch's valid crystals and the last
+    ``memory`` valid crystals of earlier calls); 0 for invalid crystals.
+
+    With ``memory=0`` it is a batch-level term: a batch all on one composition earns 1/B per crystal,
+    a composition nobody else in the batch has earns 1. A batch of 32 rarely repeats a formula even
+    when the policy has narrowed to a few hundred of them, which 500 evaluation samples then repeat
+    many times over; ``memory`` (a count-based novelty bonus over the generator's own recent output)
+    extends the count across calls so such narrowing is penalised as it happens. The memory lives
+    in this object (validation batches scored by the same reward also enter it) and is not part of a
+    training checkpoint. Unlike :class:`~rewards.Creativity` (structure level: a second polymorph of
+    a formula is still creative), this counts compositions, the quantity a stability reward tends to
+    collapse ("distinct formulas" in the evaluation).
+    """
+
+    worst = 0.0
+
+    def __init__(self, memory: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if memory < 0:
+            raise ValueError(f"memory must be >= 0, got {memory}")
+        self.memory = int(memory)
+        self._recent: deque[str] = deque(maxlen=self.memory)
+
+    def compute(self, batch: RewardBatch) -> torch.Tensor:
+        formulas = [s.composition.reduced_formula if s is not None else None for s in batch.valid_structures]
+        seen = [f for f in formulas if f is not None]
+        here = set(seen)
+        counts = Counter(seen) + Counter(f for f in self._recent if f in here)
+        if self.memory:
+            self._recent.extend(seen)
+        return torch.tensor([1.0 / counts[f] if f is not None else 0.0 for f in formulas])
