@@ -232,8 +232,13 @@ def resolve_agent(entry: str) -> AgentSpec:
 
 def compose_run(task: dict, agent: AgentSpec, overrides: Sequence[str]) -> dict[str, Any]:
     """The validated training config of one run."""
+    from hydra.errors import HydraException
+
     choice = [] if agent.config is not None else [f"agent={agent.name}"]
-    cfg = compose_config("train", [f"env={task['env']}", f"reward={task['reward']}", *choice, *overrides])
+    try:
+        cfg = compose_config("train", [f"env={task['env']}", f"reward={task['reward']}", *choice, *overrides])
+    except HydraException as e:
+        raise ConfigError(f"task {task['name']!r}, agent {agent.name!r}: {str(e).splitlines()[0]}") from None
     if agent.config is not None:
         cfg["agent"] = copy.deepcopy(agent.config)
         cfg = validate_train_config(cfg)
@@ -393,7 +398,8 @@ def execute(run: Run, progress: bool) -> dict[str, Any]:
         fresh = [fresh[0]] * (len(plan["points"]) + 1)
     if len(fresh) != len(plan["points"]) + 1:
         raise RuntimeError(f"{run.dir}: {len(fresh)} validations, expected {len(plan['points']) + 1}")
-    val_rewards = [h["val/reward"] for h in history if "val/reward" in h]
+    validations = [h for h in history if "val/reward" in h]
+    val_components = {c: [h.get(f"val/{c}") for h in validations] for c in task["score"]}
     start = time.perf_counter()
     env = run.cfg["env"]
     _, summary = evaluate_structures(
@@ -412,7 +418,8 @@ def execute(run: Run, progress: bool) -> dict[str, Any]:
             "score": best_within_budget(scores, formulas, plan["points"], task["top_k"]),
         },
         "fresh_curve": {"evaluations": [0, *plan["points"]], "score": fresh},
-        "val_reward": val_rewards,
+        "val_reward": [h["val/reward"] for h in validations],  # the trainer's, at the validation steps
+        "val_components": val_components,  # its raw component means (their weighted sum = the fresh score)
         "final": {k: summary.get(k) for k in FINAL_KEYS},
         "kl_to_base": kl,
         "wall_time_s": {"training": train_wall, "evaluation": time.perf_counter() - start},
@@ -659,6 +666,11 @@ def select(suite: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 def run_suite(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     """Run (or with ``--render`` only collect) every run of the suite; write the aggregate files."""
     suite, source = load_suite(args.suite)
+    if Path(source).is_file():  # agent YAML paths in a suite file are relative to that file
+        here = Path(source).parent
+        suite["agents"] = [
+            str(here / a) if (here / a).is_file() and not Path(a).is_absolute() else a for a in suite["agents"]
+        ]
     suite = select(suite, args)
     agents = [resolve_agent(a) for a in suite["agents"]]
     names = [a.name for a in agents]
