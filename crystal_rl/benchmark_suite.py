@@ -88,7 +88,7 @@ CONVENTIONS = {
     "fresh_score": "mean score of fresh_samples unfiltered samples of the policy at that point (the trainer's "
     "validation, seeded with trainer.val_seed + seed); evaluations 0 is the base model",
     "ci": f"{int(CI_LEVEL * 100)} % percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, RNG seed "
-    f"{BOOTSTRAP_SEED}); with few seeds it is coarse (with 3 seeds it spans the seeds' range)",
+    f"{BOOTSTRAP_SEED}); with few seeds it is coarse (with 3 seeds it is exactly the seeds' range)",
     "crossing": "first curve point where the agent's mean exceeds the baseline's mean; never extrapolated",
 }
 

@@ -208,6 +208,8 @@ def test_bootstrap_ci_known_answers():
     assert bootstrap_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
     # [0, 0, 3]: P(mean = 0) = 8/27 > 2.5 %, P(mean = 3) = 1/27 > 2.5 %
     assert bootstrap_ci([0.0, 0.0, 3.0]) == (1.0, 0.0, 3.0)
+    # three seeds: each extreme has probability 1/27 > 2.5 % of filling a resample -> the CI is the range
+    assert bootstrap_ci([1.0, 2.0, 7.0]) == (pytest.approx(10 / 3), 1.0, 7.0)
     mean, low, high = bootstrap_ci(list(range(100)))
     assert mean == 49.5 and 43 < low < 46 and 53 < high < 56  # ~ mean ± 1.96 σ/√n = 49.5 ± 5.7
     assert bootstrap_ci([1.0, None, float("nan")]) == (1.0, 1.0, 1.0)
