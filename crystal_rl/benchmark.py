@@ -1,7 +1,12 @@
 """The environment as a benchmark for agents: equal reward-evaluation budgets, fixed seeds.
 
-``crystal-rl-benchmark --env ldm_mp20 --reward atomic_density --agents best_of_n,reinforce,grpo,ppo``
-(in a checkout also ``python scripts/benchmark.py``)
+Two modes (in a checkout also ``python scripts/benchmark.py``):
+
+* ``crystal-rl-benchmark --suite default``: the task suite, several seeds, bootstrap confidence
+  intervals, best-within-budget and fresh-sample curves (see :mod:`crystal_rl.benchmark_suite`;
+  ``--suite default --help`` lists its options);
+* ``crystal-rl-benchmark --env ldm_mp20 --reward atomic_density --agents best_of_n,reinforce,grpo,ppo``:
+  one task, one seed, described below.
 
 Every agent gets the same env, reward, seed and number of reward evaluations (crystals scored during
 training = steps x crystals per step). Afterwards each agent's final crystals are evaluated the same
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -171,6 +177,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", help="run a task suite instead (a name in configs/benchmark/ or a YAML path)")
     p.add_argument("--env", default="ldm_mp20")
     p.add_argument("--reward", default="atomic_density")
     p.add_argument("--agents", default="best_of_n,reinforce,grpo,ppo")
@@ -184,6 +191,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--suite" or a.startswith("--suite=") for a in argv):
+        from crystal_rl import benchmark_suite
+
+        benchmark_suite.main(argv)
+        return
     args = parser().parse_args(argv)
     try:
         with quiet_third_party():

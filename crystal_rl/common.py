@@ -89,6 +89,17 @@ def git_commit(path: Path | None = None) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def machine_info() -> str:
+    """Operating system, architecture, CPU count, torch version and GPU, for result files."""
+    import platform
+
+    import torch
+
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}" + (
+        f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    )
+
+
 @contextlib.contextmanager
 def hydra_job_guard(started: Callable[[Path], bool] = lambda _: True) -> Iterator[Path]:
     """Inside a Hydra job: yields its output directory; if the block fails with a config error, or

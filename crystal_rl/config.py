@@ -173,6 +173,73 @@ class PredictorSchema:
     train: PredictorTrainSchema = field(default_factory=PredictorTrainSchema)
 
 
+@dataclass
+class BenchmarkTaskSchema:
+    """One entry of ``tasks:`` in a benchmark suite (``configs/benchmark/*.yaml``, see crystal_rl.benchmark_suite)."""
+
+    name: str = MISSING
+    env: str = MISSING
+    reward: str = MISSING
+    reference: str = MISSING  # dataset of the final evaluation's novelty (and hull rows)
+    budget: int = rule(ge=1)  # reward evaluations per run
+    curve_every: int = rule(ge=1)
+    score: dict[str, float] = MISSING  # raw reward component -> weight
+    top_k: int = rule(16, ge=1)
+    fresh_samples: int = rule(64, ge=1)
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchmarkSuiteSchema:
+    """``configs/benchmark/*.yaml``; each entry of ``tasks`` is a :class:`BenchmarkTaskSchema`."""
+
+    agents: list[str] = MISSING
+    seeds: list[int] = MISSING
+    tasks: list[Any] = MISSING
+    baseline: str = "best_of_n"
+    kl_samples: int = rule(32, ge=1)
+    overrides: list[str] = field(default_factory=list)
+
+
+def validate_suite_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A benchmark suite validated: types and ranges of every key, each task's keys, unique task
+    names, agents and seeds, a non-empty ``score``, budgets that divide into curve points."""
+    out = validate(cfg, BenchmarkSuiteSchema)
+    for key in ("agents", "seeds", "tasks"):
+        if not out[key]:
+            raise ConfigError(f"Config key {key!r} must list at least one entry")
+    for key in ("agents", "seeds"):
+        dupes = sorted({str(x) for x in out[key] if out[key].count(x) > 1})
+        if dupes:
+            raise ConfigError(f"Config key {key!r} lists {dupes} more than once")
+    if any(s < 0 for s in out["seeds"]):
+        raise ConfigError(f"Config key 'seeds' must hold integers >= 0, got {out['seeds']}")
+    tasks = []
+    for i, task in enumerate(out["tasks"]):
+        prefix = f"tasks.{i}."
+        if not isinstance(task, Mapping):
+            raise ConfigError(f"Config key {prefix[:-1]!r} must be a mapping of task keys, got {task!r}")
+        task = validate(task, BenchmarkTaskSchema, prefix)
+        if not task["score"]:
+            raise ConfigError(f"Config key {prefix + 'score'!r} must name at least one reward component")
+        if not task["name"] or not all(c.isalnum() or c in "_-./" for c in task["name"]) or ".." in task["name"]:
+            raise ConfigError(
+                f"Config key {prefix + 'name'!r}: {task['name']!r} must be letters, digits and '_', '-', '.', '/'"
+            )
+        if task["budget"] % task["curve_every"]:
+            raise ConfigError(
+                f"Config key {prefix + 'budget'!r} ({task['budget']}) must be a multiple of "
+                f"{prefix + 'curve_every'} ({task['curve_every']})"
+            )
+        tasks.append(task)
+    names = [t["name"] for t in tasks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"Config key 'tasks' has duplicate task names {dupes}")
+    out["tasks"] = tasks
+    return out
+
+
 def check_target_kwargs(
     node: Mapping[str, Any], key: str, default_target: str | None = None, base: type | None = None
 ) -> Any:

@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from crystal_rl.common import git_commit, non_negative_int, positive_int, quiet_third_party
+from crystal_rl.common import git_commit, machine_info, non_negative_int, positive_int, quiet_third_party
 
 #: experiment name -> env, reward and the dataset its samples are evaluated against
 EXPERIMENTS = {
@@ -194,14 +192,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _machine() -> str:
-    import torch
-
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}" + (
-        f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    )
-
-
 def run_experiment(name: str, args: argparse.Namespace, sizes: dict, out: Path, work: Path) -> dict[str, Any]:
     """Train, sample base and fine-tuned, evaluate both: one entry of ``results["experiments"]``."""
     from crystal_env.training.rl import run_training
@@ -283,7 +273,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
     commit = git_commit()  # the code the runs start from
     for name in names:
         result = run_experiment(name, args, sizes, out, work)
-        result["meta"].update(command=command, commit=commit, machine=_machine(), tiny=args.tiny)
+        result["meta"].update(command=command, commit=commit, machine=machine_info(), tiny=args.tiny)
         (out / name / "experiment.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     if not args.skip_benchmark:
@@ -325,7 +315,7 @@ def assemble(out: Path, argv: list[str]) -> dict[str, Any]:
             "command": "crystal-rl-reproduce" + (" " + shlex.join(argv) if argv else ""),
             "commit": git_commit(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": _machine(),
+            "machine": machine_info(),
         },
         "experiments": experiments,
         "benchmark": json.loads(bench.read_text()) if bench.is_file() else None,

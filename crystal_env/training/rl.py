@@ -15,7 +15,7 @@ import datetime
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from crystal_env.factory import build_reward_fn, make_env
 from crystal_env.models.ldm import CrystalLDM
 from crystal_env.paths import atomic_write_bytes
 from crystal_env.policy import make_policy, make_reference_policy
+from crystal_env.reward_protocol import RewardFn
 
 log = logging.getLogger(__name__)
 NUM_VALIDATION_CIFS = 8
@@ -41,6 +42,8 @@ PROTECTED_KEYS = ("env", "reward", "agent", "policy", "seed")
 # Per-invocation keys, never restored from a checkpoint.
 INVOCATION_KEYS = ("run_dir", "resume", "resume_allow_changes")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+#: (reward_fn, role) -> the reward callable the env of that role ("train" / "validation") calls
+RewardWrapper = Callable[[RewardFn, str], RewardFn]
 
 
 # ---- configuration on resume ---------------------------------------------------------------------
@@ -203,12 +206,15 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def run_training(cfg: dict[str, Any], explicit: Sequence[str] | None = None) -> list[dict[str, float]]:
+def run_training(
+    cfg: dict[str, Any], explicit: Sequence[str] | None = None, reward_wrapper: RewardWrapper | None = None
+) -> list[dict[str, float]]:
     """Train with a resolved config (keys: env, reward, agent, logger, trainer, seed, run_dir, resume).
 
     With ``resume``, the configuration saved in the checkpoint is used, except for the config paths
     in ``explicit`` (``None``: every key of ``cfg``), see :func:`resume_config`. ``run_dir`` (``None``:
     the resumed run's own directory, or a new timestamped one) is locked for the whole run.
+    ``reward_wrapper``: see :func:`build_training` (e.g. to record every crystal scored).
     """
     cfg = copy.deepcopy(cfg)
     state = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
@@ -226,7 +232,7 @@ def run_training(cfg: dict[str, Any], explicit: Sequence[str] | None = None) -> 
         cfg["run_dir"] = str(run_dir)
         if rank == 0:
             _prepare_run_dir(run_dir, cfg, state)
-        return _train(cfg, run_dir, state, rank, world)
+        return _train(cfg, run_dir, state, rank, world, reward_wrapper)
     except BaseException:
         if lock is not None and created and not _started(run_dir):
             lock.release()  # a run that failed before its first step leaves no directory behind
@@ -275,10 +281,14 @@ def _prepare_run_dir(run_dir: Path, cfg: dict[str, Any], state: dict[str, Any] |
 
 
 def build_training(
-    cfg: dict[str, Any], seed: int, val_batch_size: int | None = None
+    cfg: dict[str, Any], seed: int, val_batch_size: int | None = None, reward_wrapper: RewardWrapper | None = None
 ) -> tuple[Agent, CrystalDiffusionEnv, CrystalDiffusionEnv | None]:
     """The agent, the training env and (if ``val_batch_size``) the validation env of a resolved
-    config (keys: env, reward, agent, policy, device), all on ``cfg["device"]``."""
+    config (keys: env, reward, agent, policy, device), all on ``cfg["device"]``.
+
+    ``reward_wrapper(reward_fn, role)``, if given, returns the reward callable the training env
+    (``role="train"``) and the validation env (``role="validation"``) call instead of ``reward_fn``;
+    it must forward ``component_names``. The agent's reward normaliser stays ``reward_fn``'s."""
     env_cfg = dict(cfg["env"])
     agent_cfg = dict(cfg["agent"])
     from hydra.utils import get_class
@@ -288,13 +298,14 @@ def build_training(
         env_cfg["group_size"] = required_group
     device = cfg.get("device", "cpu")
     reward_fn = build_reward_fn(cfg["reward"], device=device)
-    env = make_env(env_cfg, reward=reward_fn, seed=seed, device=device)
+    wrap = reward_wrapper or (lambda fn, role: fn)
+    env = make_env(env_cfg, reward=wrap(reward_fn, "train"), seed=seed, device=device)
     val_env = None
     if val_batch_size:
         group = env_cfg["group_size"] if val_batch_size % env_cfg["group_size"] == 0 else 1
         val_env = make_env(
             {**env_cfg, "batch_size": val_batch_size, "group_size": group},
-            reward=reward_fn,
+            reward=wrap(reward_fn, "validation"),
             seed=seed + 10_000,
             device=device,
         )
@@ -315,7 +326,12 @@ def build_training(
 
 
 def _train(
-    cfg: dict[str, Any], run_dir: Path, state: dict[str, Any] | None, rank: int, world: int
+    cfg: dict[str, Any],
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    rank: int,
+    world: int,
+    reward_wrapper: RewardWrapper | None = None,
 ) -> list[dict[str, float]]:
     seed = int(cfg.get("seed", 0)) + rank  # each rank collects its own groups
     torch.manual_seed(seed)
@@ -325,7 +341,7 @@ def _train(
         torch.cuda.set_device(torch.device(cfg["device"]))
     trainer_cfg = dict(cfg["trainer"])
     val_batch = trainer_cfg.pop("val_batch_size", int(cfg["env"]["batch_size"]))
-    agent, env, val_env = build_training(cfg, seed, val_batch)
+    agent, env, val_env = build_training(cfg, seed, val_batch, reward_wrapper)
     trainer = Trainer(
         agent,
         env,
