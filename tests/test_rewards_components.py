@@ -130,6 +130,17 @@ def test_atomic_density_and_smact():
     assert SMACTValidity()([nacl, na_cl2, bad, None]).tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
+def test_smact_screen_is_bounded_for_many_element_compositions():
+    from pymatgen.core import Composition
+
+    from crystal_env.crystals.validity import MAX_SMACT_ELEMENTS, is_smact_valid
+
+    many = Composition("LiNaKRbCsMgCaSrBaO9F")  # 11 elements: SMACT's enumeration would take minutes
+    assert len(many.elements) > MAX_SMACT_ELEMENTS and not is_smact_valid(many)
+    assert is_smact_valid(Composition("FeCoNiCuZnTiVCrMnAl"))  # all-metal: the alloy rule still applies
+    assert is_smact_valid(Composition("NaCl")) and not is_smact_valid(Composition("NaCl2"))
+
+
 def test_composition_uniqueness_counts_formulas_in_batch_and_memory():
     nacl, nacl_big, kcl = rock_salt(5.64), rock_salt(6.0), rock_salt(6.3, "K", "Cl")
     # the two NaCl lattices are different structures but one composition; invalid crystals get 0

@@ -76,6 +76,10 @@ def is_structurally_valid(structure: Structure | None) -> bool:
 
 
 SMACT_OXIDATION_STATE_SETS = ("smact14", "icsd16", "icsd24", "pymatgen_sp", "wiki")
+#: SMACT enumerates every combination of oxidation states, exponential in the number of elements (one
+#: 10-element sample took minutes); compositions with more elements than this (MP-20 has at most 7)
+#: that are not all-metal count as not charge-balanced without being screened.
+MAX_SMACT_ELEMENTS = 8
 
 
 @lru_cache(maxsize=65536)
@@ -93,7 +97,8 @@ def is_smact_valid(composition: Composition | Structure | None, oxidation_states
 
     ``oxidation_states_set``: ``smact14`` (default; SMACT's original table, the one CDVAE-style
     metrics use) or ``icsd24`` (the oxidation states seen in the 2024 ICSD, what Chemeleon2 uses), or
-    another of SMACT's sets. Single elements and all-metal alloys count as valid.
+    another of SMACT's sets. Single elements and all-metal alloys count as valid; other compositions
+    of more than :data:`MAX_SMACT_ELEMENTS` elements as invalid (not screened: exponential cost).
     """
     if oxidation_states_set not in SMACT_OXIDATION_STATE_SETS:
         raise ValueError(f"Unknown oxidation_states_set {oxidation_states_set!r}; valid: {SMACT_OXIDATION_STATE_SETS}")
@@ -101,5 +106,7 @@ def is_smact_valid(composition: Composition | Structure | None, oxidation_states
         return False
     comp = composition.composition if isinstance(composition, Structure) else composition
     if comp.num_atoms == 0:
+        return False
+    if len(comp.elements) > MAX_SMACT_ELEMENTS and not all(el.is_metal for el in comp.elements):
         return False
     return _smact_valid_formula(comp.formula, oxidation_states_set)
