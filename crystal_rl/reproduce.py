@@ -5,16 +5,18 @@ GRPO fine-tuning (training seed ``--train-seed``) → 500 samples of the base an
 model (sampling seed ``--seed``) → evaluation of both (same seed; unrelaxed and, with
 ``--relax-steps``, relaxed) → top compositions. Experiments: ``dng_mp20`` (the default training
 command, ``env=ldm_mp20 reward=dng``) and ``stability_perov5`` (``env=ldm_perov5 reward=stability``).
-Then the agent benchmark on ``atomic_density`` (seed ``--benchmark-seed``). It writes to ``--out``:
+Then the agent benchmark suite (``crystal-rl-benchmark --suite default``: every agent, task and
+seed, see that command). It writes to ``--out``:
 
 * ``results.json``: every number (training curves, evaluations, the leaderboard) with the commit,
   the command, the machine and each stage's wall time, assembled from ``<name>/experiment.json``
-  and ``benchmark/benchmark.json``: running a subset (even concurrently, in separate processes)
+  and ``suite/suite.json``: running a subset (even concurrently, in separate processes)
   replaces only its own parts;
 * ``results.md``: the README's tables, rendered from ``results.json`` (``--render`` re-renders them
   without running anything);
 * per experiment ``<name>/training_curves.png``, ``<name>/eval_base/`` and ``<name>/eval_grpo/``
-  (summary, per-crystal CSV, plots), and ``benchmark/`` (leaderboard, reward-vs-budget plot).
+  (summary, per-crystal CSV, plots), and ``suite/`` (the suite's leaderboard and budget curves; its
+  runs, with their per-run ``result.json``, stay under ``--work``).
 
 Runs, checkpoints and samples go to ``--work``. ``--tiny`` runs the same pipeline with tiny sizes in
 well under a minute (for the test suite; its numbers mean nothing). Wall times depend on the machine
@@ -27,6 +29,7 @@ import argparse
 import datetime
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -81,15 +84,13 @@ TINY = {
     ],
     "num_samples": 4,
     "relax_steps": 2,
-    "benchmark": {"agents": "best_of_n,grpo", "budget": 4, "final_samples": 4},
-    "benchmark_overrides": ["env.num_steps=2", "env.batch_size=4", "env.group_size=2", "trainer.val_batch_size=4"],
+    "suite": "tiny",
 }
 FULL = {
     "train": [],
     "num_samples": 500,
     "relax_steps": 20,
-    "benchmark": {"agents": "best_of_n,reinforce,grpo,ppo", "budget": 1280, "final_samples": 64},
-    "benchmark_overrides": [],
+    "suite": "default",
 }
 
 
@@ -100,7 +101,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=None, help="runs and samples (default: runs/reproduce[_tiny])")
     p.add_argument("--train-seed", type=non_negative_int, default=0, help="seed of the GRPO training run")
     p.add_argument("--seed", type=non_negative_int, default=1, help="seed of sampling and evaluation")
-    p.add_argument("--benchmark-seed", type=non_negative_int, default=0)
     p.add_argument("--num-samples", type=positive_int, default=None, help="samples per model (default 500; tiny: 4)")
     p.add_argument(
         "--experiments", default=",".join(EXPERIMENTS), help=f"comma-separated subset of {list(EXPERIMENTS)}"
@@ -186,13 +186,13 @@ def render(results: dict[str, Any]) -> str:
         for model in ("base", "grpo"):
             top = ", ".join(f"{f} {100 * x:.1f} %" for f, x in exp["top_compositions"][model])
             lines.append(f"\nTop compositions ({model}, share of valid crystals): {top}")
-    if results.get("benchmark"):
-        bench = results["benchmark"]
+    if results.get("suite"):
+        suite = results["suite"]
         lines += [
             "",
-            f"### Agent benchmark ({bench['command']}, seed {bench['seed']}, commit `{bench['commit']}`)",
+            f"### Agent benchmark suite (`{suite['command']}`, commit `{suite['commit']}`)",
             "",
-            bench["leaderboard_md"].rstrip(),
+            suite["leaderboard_md"].rstrip(),
         ]
     return "\n".join(lines) + "\n"
 
@@ -271,7 +271,7 @@ def run_experiment(name: str, args: argparse.Namespace, sizes: dict, out: Path, 
 
 def run(args: argparse.Namespace, argv: list[str]) -> None:
     """Run the selected experiments (and the benchmark); each writes its own JSON part under ``--out``."""
-    from crystal_rl import benchmark
+    from crystal_rl import benchmark_suite
 
     sizes = TINY if args.tiny else FULL
     out, work = Path(args.out), Path(args.work)
@@ -288,29 +288,30 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
         (out / name / "experiment.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     if not args.skip_benchmark:
-        b = sizes["benchmark"]
-        bench_argv = [
-            "--env=ldm_mp20",
-            "--reward=atomic_density",
-            f"--agents={b['agents']}",
-            f"--budget={b['budget']}",
-            f"--final-samples={b['final_samples']}",
-            f"--seed={args.benchmark_seed}",
-            f"--out={out / 'benchmark'}",
+        suite_argv = [
+            "--suite",
+            sizes["suite"],
+            "--out",
+            str(work / "suite"),
             *(["--no-progress"] if not progress else []),
-            *sizes["benchmark_overrides"],
         ]
-        start = time.perf_counter()
-        board = benchmark.run(benchmark.parser().parse_args(bench_argv))
-        part = {
-            "command": "crystal-rl-benchmark " + " ".join(a for a in bench_argv if not a.startswith("--out=")),
-            "seed": args.benchmark_seed,
-            "wall_time_s": time.perf_counter() - start,
-            "leaderboard": board.to_dict(orient="records"),
-            "leaderboard_md": board.to_markdown(index=False, floatfmt=".4g"),
-            "commit": git_commit(),
-        }
-        (out / "benchmark" / "benchmark.json").write_text(json.dumps(part, indent=2, default=str) + "\n")
+        benchmark_suite.run_suite(benchmark_suite.parser().parse_args(suite_argv), suite_argv)
+        (out / "suite").mkdir(parents=True, exist_ok=True)
+        for path in (work / "suite").iterdir():  # the aggregates; the runs stay in --work
+            if path.is_file():
+                shutil.copy2(path, out / "suite" / path.name)
+
+
+def _suite_part(folder: Path) -> dict[str, Any]:
+    meta = json.loads((folder / "suite.json").read_text())["meta"]
+    return {
+        "command": meta["command"],
+        "commit": meta["commit"],
+        "machine": meta["machine"],
+        "runs_done": meta["runs_done"],
+        "runs": meta["runs"],
+        "leaderboard_md": (folder / "leaderboard.md").read_text(),
+    }
 
 
 def assemble(out: Path, argv: list[str]) -> dict[str, Any]:
@@ -320,7 +321,7 @@ def assemble(out: Path, argv: list[str]) -> dict[str, Any]:
         for name in EXPERIMENTS
         if (out / name / "experiment.json").is_file()
     }
-    bench = out / "benchmark" / "benchmark.json"
+    suite = out / "suite" / "suite.json"
     return {
         "meta": {
             "command": "crystal-rl-reproduce" + (" " + shlex.join(argv) if argv else ""),
@@ -329,7 +330,7 @@ def assemble(out: Path, argv: list[str]) -> dict[str, Any]:
             "machine": machine_info(),
         },
         "experiments": experiments,
-        "benchmark": json.loads(bench.read_text()) if bench.is_file() else None,
+        "suite": _suite_part(out / "suite") if suite.is_file() else None,
     }
 
 

@@ -30,13 +30,15 @@ def test_reproduce_tiny_writes_results_tables_and_plots(tmp_path, capsys):
             assert len(list((work / name / f"samples_{label}" / "cif").glob("*.cif"))) <= 4
             assert sum(share for _, share in exp["top_compositions"][label]) <= 1.0 + 1e-9
         assert (out / name / "training_curves.png").is_file()
-    board = pd.read_csv(out / "benchmark" / "leaderboard.csv")
-    assert sorted(board["agent"]) == ["best_of_n", "grpo"]
-    assert (out / "benchmark" / "reward_vs_budget.png").is_file()
+    suite = json.loads((out / "suite" / "suite.json").read_text())
+    assert suite["meta"]["runs_done"] == suite["meta"]["runs"] == 4  # 1 task x 2 agents x 2 seeds
+    assert (out / "suite" / "curves_ldm_mp20_atomic_density.png").is_file()
+    assert not (out / "suite" / "ldm_mp20_atomic_density").exists()  # the runs stay in --work
+    assert results["suite"]["commit"] == meta["commit"]
 
     table = (out / "results.md").read_text()
     assert meta["commit"] in table and meta["command"] in table
-    assert "| `val/reward` |" in table and "| M.S.U.N., relaxed |" in table and "| best_of_n " in table
+    assert "| `val/reward` |" in table and "| M.S.U.N., relaxed |" in table and "Agent benchmark suite" in table
     assert "Top compositions (grpo" in table
     assert table in capsys.readouterr().out  # printed too
     (out / "results.md").unlink()
