@@ -150,7 +150,7 @@ def test_composition_uniqueness_counts_formulas_in_batch_and_memory():
     remembering = CompositionUniqueness(memory=3)
     remembering([nacl, nacl_big, kcl])  # remembers NaCl, NaCl, KCl
     torch.testing.assert_close(remembering([nacl, kcl]), torch.tensor([1 / 3, 1 / 2]))  # 1 + 2 NaCl, 1 + 1 KCl
-    torch.testing.assert_close(remembering([kcl]), torch.tensor([1 / 3]))  # only the last 3 crystals (KCl, NaCl, KCl) count
+    torch.testing.assert_close(remembering([kcl]), torch.tensor([1 / 3]))  # the last 3 crystals: KCl, NaCl, KCl
     with pytest.raises(ValueError, match="memory"):
         CompositionUniqueness(memory=-1)
 
