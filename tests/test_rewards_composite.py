@@ -157,9 +157,18 @@ def test_dng_config_matches_the_issue():
         ("Energy", 1.0, "norm"),
         ("StructureDiversity", 0.1, "norm"),
         ("CompositionDiversity", 1.0, "norm"),
+        ("SMACTValidity", 1.0, None),
+        ("CompositionUniqueness", 1.0, None),
     ]
     assert reward.normalize_fn == "std" and reward.eps == 1e-4
-    assert reward.component_names == ["creativity", "energy", "structure_diversity", "composition_diversity"]
+    assert reward.component_names == [
+        "creativity",
+        "energy",
+        "structure_diversity",
+        "composition_diversity",
+        "smact_validity",
+        "composition_uniqueness",
+    ]
     energy = build_reward("energy", overrides=["components.0.mlip=mace", "reference=null"]).components[0]
     assert energy.mlip_params["mlip"] == "mace"
     density = build_reward("atomic_density", overrides=["components.0.target=0.05"])

@@ -193,7 +193,14 @@ def test_full_dng_reward_from_config(tmp_path, tiny_model, bundled_reference):
     known = bundled_reference.structures[0]
     structures = [*new, new[0].copy(), known.copy(), None]
     out = reward(structures)
-    assert reward.component_names == ["creativity", "energy", "structure_diversity", "composition_diversity"]
+    assert reward.component_names == [
+        "creativity",
+        "energy",
+        "structure_diversity",
+        "composition_diversity",
+        "smact_validity",
+        "composition_uniqueness",
+    ]
     for key in out.keys(include_nested=True, leaves_only=True):
         assert torch.isfinite(out[key].float()).all(), key
     assert out["raw", "creativity"].tolist()[:4] == [1.0] * 4
