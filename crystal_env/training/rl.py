@@ -302,9 +302,10 @@ def build_training(
     env = make_env(env_cfg, reward=wrap(reward_fn, "train"), seed=seed, device=device)
     val_env = None
     if val_batch_size:
-        group = env_cfg["group_size"] if val_batch_size % env_cfg["group_size"] == 0 else 1
+        # validation computes no advantages: independent crystals (group size 1), so every agent of a seed,
+        # whatever its group size, validates on the same noise and atom counts
         val_env = make_env(
-            {**env_cfg, "batch_size": val_batch_size, "group_size": group},
+            {**env_cfg, "batch_size": val_batch_size, "group_size": 1},
             reward=wrap(reward_fn, "validation"),
             seed=seed + 10_000,
             device=device,
