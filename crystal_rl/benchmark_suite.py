@@ -187,7 +187,9 @@ def bootstrap_ci(
     return float(x.mean()), float(low), float(high)
 
 
-def first_crossing(budgets: Sequence[int], agent: Sequence[float | None], baseline: Sequence[float | None]):
+def first_crossing(
+    budgets: Sequence[int], agent: Sequence[float | None], baseline: Sequence[float | None]
+) -> int | None:
     """The first budget where ``agent`` exceeds ``baseline`` (both defined there), else None."""
     for b, a, base in zip(budgets, agent, baseline, strict=True):
         if a is not None and base is not None and math.isfinite(a) and math.isfinite(base) and a > base:
@@ -305,7 +307,9 @@ class Run:
     dir: Path
 
 
-def plan_runs(suite: dict, agents: list[AgentSpec], out: Path, extra: Sequence[str], scale: float, progress: bool):
+def plan_runs(
+    suite: dict, agents: list[AgentSpec], out: Path, extra: Sequence[str], scale: float, progress: bool
+) -> list[Run]:
     """Every run of the suite, composed and validated before the first one starts."""
     from hydra.utils import get_class
 
@@ -538,7 +542,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "",
             "### Where the learning agents cross the baseline (means; never extrapolated)",
             "",
-            "| task | agent | (a) best within budget > baseline's from | (b) fresh samples > baseline's top-k from |",
+            "| task | agent | (a) best within budget first > baseline's at "
+            "| (b) fresh samples first > baseline's top-k at |",
             "|---|---|---|---|",
         ]
         for c in summary["crossings"]:

@@ -19,7 +19,7 @@ seed, see that command). It writes to ``--out``:
   runs, with their per-run ``result.json``, stay under ``--work``).
 
 Runs, checkpoints and samples go to ``--work``. ``--tiny`` runs the same pipeline with tiny sizes in
-well under a minute (for the test suite; its numbers mean nothing). Wall times depend on the machine
+a few minutes (for the test suite; its numbers mean nothing). Wall times depend on the machine
 and its load. In a checkout, ``python scripts/reproduce_results.py`` is the same program.
 """
 
@@ -96,7 +96,7 @@ FULL = {
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="tiny sizes: checks the pipeline in well under a minute")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes: checks the pipeline in a few minutes")
     p.add_argument("--out", default=None, help="results folder (default: docs/results, or runs/reproduce_tiny/results)")
     p.add_argument("--work", default=None, help="runs and samples (default: runs/reproduce[_tiny])")
     p.add_argument("--train-seed", type=non_negative_int, default=0, help="seed of the GRPO training run")

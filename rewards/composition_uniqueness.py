@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, deque
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ class CompositionUniqueness(RewardComponent):
 
     worst = 0.0
 
-    def __init__(self, memory: int = 0, **kwargs):
+    def __init__(self, memory: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if memory < 0:
             raise ValueError(f"memory must be >= 0, got {memory}")

@@ -7,6 +7,7 @@ import warnings
 from functools import lru_cache
 
 import numpy as np
+import smact
 from pymatgen.core import Composition, DummySpecies, Structure
 from smact.screening import smact_validity
 
@@ -80,6 +81,7 @@ SMACT_OXIDATION_STATE_SETS = ("smact14", "icsd16", "icsd24", "pymatgen_sp", "wik
 #: 10-element sample took minutes); compositions with more elements than this (MP-20 has at most 7)
 #: that are not all-metal count as not charge-balanced without being screened.
 MAX_SMACT_ELEMENTS = 8
+_SMACT_METALS = frozenset(smact.metals)  # SMACT's own alloy rule's list
 
 
 @lru_cache(maxsize=65536)
@@ -107,6 +109,6 @@ def is_smact_valid(composition: Composition | Structure | None, oxidation_states
     comp = composition.composition if isinstance(composition, Structure) else composition
     if comp.num_atoms == 0:
         return False
-    if len(comp.elements) > MAX_SMACT_ELEMENTS and not all(el.is_metal for el in comp.elements):
+    if len(comp.elements) > MAX_SMACT_ELEMENTS and not {el.symbol for el in comp.elements} <= _SMACT_METALS:
         return False
     return _smact_valid_formula(comp.formula, oxidation_states_set)
