@@ -89,7 +89,8 @@ CONVENTIONS = {
     "validation, seeded with trainer.val_seed + seed); evaluations 0 is the base model",
     "ci": f"{int(CI_LEVEL * 100)} % percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, RNG seed "
     f"{BOOTSTRAP_SEED}); with few seeds it is coarse (with 3 seeds it is exactly the seeds' range)",
-    "crossing": "first curve point where the agent's mean exceeds the baseline's mean; never extrapolated",
+    "crossing": "first curve point from which the agent's mean exceeds the baseline's mean at every later "
+    "point; never extrapolated",
 }
 
 
@@ -190,11 +191,16 @@ def bootstrap_ci(
 def first_crossing(
     budgets: Sequence[int], agent: Sequence[float | None], baseline: Sequence[float | None]
 ) -> int | None:
-    """The first budget where ``agent`` exceeds ``baseline`` (both defined there), else None."""
+    """The first budget from which ``agent`` exceeds ``baseline`` at every later measured point (a lead
+    that is lost again does not count), else None."""
+    crossing = None
     for b, a, base in zip(budgets, agent, baseline, strict=True):
-        if a is not None and base is not None and math.isfinite(a) and math.isfinite(base) and a > base:
-            return b
-    return None
+        ahead = a is not None and base is not None and math.isfinite(a) and math.isfinite(base) and a > base
+        if not ahead:
+            crossing = None
+        elif crossing is None:
+            crossing = b
+    return crossing
 
 
 # ---- the suite ----------------------------------------------------------------------------------------
@@ -540,10 +546,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary["crossings"]:
         lines += [
             "",
-            "### Where the learning agents cross the baseline (means; never extrapolated)",
+            "### Where the learning agents cross the baseline and stay ahead (means; never extrapolated)",
             "",
-            "| task | agent | (a) best within budget first > baseline's at "
-            "| (b) fresh samples first > baseline's top-k at |",
+            "| task | agent | (a) best within budget > baseline's from | (b) fresh samples > baseline's top-k from |",
             "|---|---|---|---|",
         ]
         for c in summary["crossings"]:

@@ -228,3 +228,5 @@ def test_top_k_distinct_and_best_within_budget():
     assert curve[0] is None and curve[1:] == pytest.approx([3.0, 3.0, 4.0, 4.5])  # None until two distinct exist
     assert first_crossing([1, 2, 3], [0.0, 2.0, 5.0], [1.0, 3.0, 4.0]) == 3
     assert first_crossing([1, 2], [0.0, None], [1.0, 0.0]) is None
+    assert first_crossing([1, 2, 3], [2.0, 0.0, 5.0], [1.0, 1.0, 4.0]) == 3  # the lead at 1 is lost at 2
+    assert first_crossing([1, 2], [2.0, 0.0], [1.0, 1.0]) is None
