@@ -206,7 +206,7 @@ def test_full_dng_reward_from_config(tmp_path, tiny_model, bundled_reference):
     assert out["raw", "creativity"].tolist()[:4] == [1.0] * 4
     assert out["raw", "creativity"][4] == 0.0 and out["raw", "creativity"][6] == 0.0
     assert out["invalid"].tolist() == [False] * 6 + [True]
-    assert out["raw", "energy"][6] == -1.0 and out["energy"][6] == 0.0  # norm: the worst maps to 0
+    assert out["raw", "energy"][6] == -3.0 and out["energy"][6] == 0.0  # norm: the worst (-max_e_hull) maps to 0
     assert set(reward.last_info["metric_seconds"]) >= {"unique", "novel", "e_above_hull", "vae_structure_features"}
     advantages = reward.normalize(out["total"], torch.tensor([0, 0, 0, 1, 1, 1, 1]))
     assert abs(float(advantages[:3].mean())) < 1e-5 and abs(float(advantages[3:].mean())) < 1e-5
