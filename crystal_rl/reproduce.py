@@ -140,6 +140,8 @@ def top_compositions(per_crystal: Path, k: int = TOP_COMPOSITIONS) -> list[list]
 def _fmt(value: Any, fraction: bool = False) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "–"
+    if isinstance(value, int) and not fraction:
+        return str(value)
     return f"{100 * value:.1f} %" if fraction else f"{value:.3f}"
 
 
