@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -78,6 +79,19 @@ class CompositeReward:
         if self._reference is None:
             self._reference = load_reference()
         return self._reference
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Score without changing any component's state (components with a ``remember`` flag, e.g.
+        :class:`~rewards.CompositionUniqueness`'s memory): for validation and evaluation batches."""
+        stateful = [c for c in self.components if getattr(c, "remember", None) is True]
+        for c in stateful:
+            c.remember = False
+        try:
+            yield
+        finally:
+            for c in stateful:
+                c.remember = True
 
     def normalize(self, x: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The global normalisation (``normalize_fn``, ``eps``) of rewards, within each group if given."""

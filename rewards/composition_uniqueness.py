@@ -20,8 +20,9 @@ class CompositionUniqueness(RewardComponent):
     when the policy has narrowed to a few hundred of them, which 500 evaluation samples then repeat
     many times over; ``memory`` (a count-based novelty bonus over the generator's own recent output)
     extends the count across calls so such narrowing is penalised as it happens. The memory lives
-    in this object (validation batches scored by the same reward also enter it) and is not part of a
-    training checkpoint. Unlike :class:`~rewards.Creativity` (structure level: a second polymorph of
+    in this object and is not part of a training checkpoint; calls made with ``remember = False``
+    (:meth:`~rewards.CompositeReward.frozen`, which training uses for validation batches) read it
+    without adding to it. Unlike :class:`~rewards.Creativity` (structure level: a second polymorph of
     a formula is still creative), this counts compositions, the quantity a stability reward tends to
     collapse ("distinct formulas" in the evaluation).
     """
@@ -34,12 +35,13 @@ class CompositionUniqueness(RewardComponent):
             raise ValueError(f"memory must be >= 0, got {memory}")
         self.memory = int(memory)
         self._recent: deque[str] = deque(maxlen=self.memory)
+        self.remember = True
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         formulas = [s.composition.reduced_formula if s is not None else None for s in batch.valid_structures]
         seen = [f for f in formulas if f is not None]
         here = set(seen)
         counts = Counter(seen) + Counter(f for f in self._recent if f in here)
-        if self.memory:
+        if self.memory and self.remember:
             self._recent.extend(seen)
         return torch.tensor([1.0 / counts[f] if f is not None else 0.0 for f in formulas])

@@ -153,6 +153,18 @@ def test_composition_uniqueness_counts_formulas_in_batch_and_memory():
     torch.testing.assert_close(remembering([kcl]), torch.tensor([1 / 3]))  # the last 3 crystals: KCl, NaCl, KCl
     with pytest.raises(ValueError, match="memory"):
         CompositionUniqueness(memory=-1)
+    composite = CompositeReward([CompositionUniqueness(memory=4)], reference=ReferenceSet([nacl]))
+    composite([kcl])
+    with composite.frozen():  # validation: reads the memory, adds nothing to it
+        assert composite([kcl])["raw", "composition_uniqueness"].tolist() == [0.5]
+    assert composite([kcl])["raw", "composition_uniqueness"].tolist() == [0.5]  # still one earlier KCl
+    from crystal_env.training.rl import _Frozen  # what the training's validation env scores with
+
+    validation = _Frozen(composite)
+    third = torch.tensor([1 / 3])
+    torch.testing.assert_close(validation([kcl])["raw", "composition_uniqueness"], third)
+    torch.testing.assert_close(validation([kcl])["raw", "composition_uniqueness"], third)  # nothing remembered
+    assert validation.component_names == composite.component_names
 
 
 def test_predictor_component(tmp_path, tiny_model):

@@ -280,6 +280,22 @@ def _prepare_run_dir(run_dir: Path, cfg: dict[str, Any], state: dict[str, Any] |
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
 
 
+class _Frozen:
+    """The validation env's view of the training reward: same object (models, reference, caches), but its
+    calls leave stateful components (``reward.frozen()``, e.g. a composition memory) unchanged, so
+    validation does not shape the training reward. Other attributes are the reward's."""
+
+    def __init__(self, reward_fn: Any):
+        self.reward_fn = reward_fn
+
+    def __call__(self, structures: Any) -> Any:
+        with self.reward_fn.frozen():
+            return self.reward_fn(structures)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reward_fn, name)
+
+
 def build_training(
     cfg: dict[str, Any], seed: int, val_batch_size: int | None = None, reward_wrapper: RewardWrapper | None = None
 ) -> tuple[Agent, CrystalDiffusionEnv, CrystalDiffusionEnv | None]:
@@ -306,7 +322,7 @@ def build_training(
         # whatever its group size, validates on the same noise and atom counts
         val_env = make_env(
             {**env_cfg, "batch_size": val_batch_size, "group_size": 1},
-            reward=wrap(reward_fn, "validation"),
+            reward=wrap(_Frozen(reward_fn) if hasattr(reward_fn, "frozen") else reward_fn, "validation"),
             seed=seed + 10_000,
             device=device,
         )
