@@ -56,3 +56,14 @@ class NaNForSodium(RewardComponent):
         return torch.tensor(
             [float("nan") if s is not None and "Na" in s.composition else 1.0 for s in batch.structures]
         )
+
+
+#: the raw components of the shipped ``reward=dng``, in order
+DNG_COMPONENTS = [
+    "creativity",
+    "energy",
+    "structure_diversity",
+    "composition_diversity",
+    "smact_validity",
+    "composition_uniqueness",
+]

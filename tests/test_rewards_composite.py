@@ -13,7 +13,7 @@ from rewards import (
     register_metric,
     reward_names,
 )
-from tests.rewards_helpers import ConstantReward, NaNForSodium, NumAtoms, invalid_structures, rock_salt
+from tests.rewards_helpers import DNG_COMPONENTS, ConstantReward, NaNForSodium, NumAtoms, invalid_structures, rock_salt
 
 
 class SquaredAtoms(RewardComponent):
@@ -161,14 +161,7 @@ def test_dng_config_matches_the_issue():
         ("CompositionUniqueness", 1.0, None),
     ]
     assert reward.normalize_fn == "std" and reward.eps == 1e-4
-    assert reward.component_names == [
-        "creativity",
-        "energy",
-        "structure_diversity",
-        "composition_diversity",
-        "smact_validity",
-        "composition_uniqueness",
-    ]
+    assert reward.component_names == DNG_COMPONENTS
     energy = build_reward("energy", overrides=["components.0.mlip=mace", "reference=null"]).components[0]
     assert energy.mlip_params["mlip"] == "mace"
     density = build_reward("atomic_density", overrides=["components.0.target=0.05"])

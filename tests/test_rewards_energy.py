@@ -17,7 +17,7 @@ from rewards.hull import (
 )
 from rewards.metrics import RewardBatch
 from rewards.mlip import get_mlip, resolve_mace_model
-from tests.rewards_helpers import invalid_structures, rock_salt
+from tests.rewards_helpers import DNG_COMPONENTS, invalid_structures, rock_salt
 
 
 def test_hand_built_hull_known_answers():
@@ -193,14 +193,7 @@ def test_full_dng_reward_from_config(tmp_path, tiny_model, bundled_reference):
     known = bundled_reference.structures[0]
     structures = [*new, new[0].copy(), known.copy(), None]
     out = reward(structures)
-    assert reward.component_names == [
-        "creativity",
-        "energy",
-        "structure_diversity",
-        "composition_diversity",
-        "smact_validity",
-        "composition_uniqueness",
-    ]
+    assert reward.component_names == DNG_COMPONENTS
     for key in out.keys(include_nested=True, leaves_only=True):
         assert torch.isfinite(out[key].float()).all(), key
     assert out["raw", "creativity"].tolist()[:4] == [1.0] * 4
