@@ -66,6 +66,7 @@ class EnvSchema:
 
     name: str = ""
     model: str = MISSING
+    dataset: Optional[str] = None  # noqa: UP045 - the model's training data: novelty reference of rewards with reference.dataset null
     sampler: str = rule(choices=("ddim", "ddpm"))
     num_steps: int = rule(ge=1)
     eta: float = rule(ge=0.0)

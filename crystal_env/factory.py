@@ -9,17 +9,19 @@ from crystal_env.env import CrystalDiffusionEnv
 from crystal_env.models.registry import load_model
 from crystal_env.reward_protocol import RewardFn
 
-ENV_KEYS = {"name", "model", "sampler", "num_steps", "eta", "max_atoms", "batch_size", "group_size"}
+ENV_KEYS = {"name", "model", "dataset", "sampler", "num_steps", "eta", "max_atoms", "batch_size", "group_size"}
 
 
-def build_reward_fn(reward: str | dict | RewardFn, device: str | None = None) -> RewardFn:
-    """A reward config name/dict through ``rewards.build_reward`` (its models on ``device``), or a
-    callable as it is."""
+def build_reward_fn(
+    reward: str | dict | RewardFn, device: str | None = None, dataset: str | None = None
+) -> RewardFn:
+    """A reward config name/dict through ``rewards.build_reward`` (its models on ``device``; its
+    ``reference.dataset``, if null, ``dataset``: the env's), or a callable as it is."""
     if callable(reward):
         return reward
     from rewards import build_reward  # rewards is a separate package; the env depends on it only here
 
-    return build_reward(reward, device=device)
+    return build_reward(reward, device=device, dataset=dataset)
 
 
 def make_env(
@@ -34,7 +36,7 @@ def make_env(
     """Build the environment ``configs/env/<env>.yaml`` (a bundled name, a ``.yaml`` path or an env
     config dict) with reward ``configs/reward/<reward>.yaml``.
 
-    ``overrides`` replace keys of the env config (``model``, ``sampler``, ``num_steps``, ``eta``,
+    ``overrides`` replace keys of the env config (``model``, ``dataset``, ``sampler``, ``num_steps``, ``eta``,
     ``max_atoms``); ``reward`` may also be any callable ``structures -> scores``. The config is
     validated (types, ranges, batch_size a multiple of group_size) before the model loads. The model,
     and a reward built from a config (its MLIP and VAE features), run on ``device``.
@@ -51,7 +53,7 @@ def make_env(
     cfg = validate_env_config(cfg)
     return CrystalDiffusionEnv(
         load_model(cfg["model"], device=device),
-        build_reward_fn(reward, device=device),
+        build_reward_fn(reward, device=device, dataset=cfg["dataset"]),
         batch_size=cfg["batch_size"],
         group_size=cfg["group_size"],
         sampler=cfg["sampler"],

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         )
     # score every agent's final crystals in one reward call, so batch-relative normalisations
     # (e.g. min-max "norm") put all agents on the same scale
-    reward_fn = build_reward_fn(cfg["reward"])
+    reward_fn = build_reward_fn(cfg["reward"], dataset=cfg["env"].get("dataset"))
     everything = [s for agent in finals for s in finals[agent]]
     scored = reward_fn(everything)
     start = 0

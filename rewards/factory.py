@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crystal_env.config import CONFIG_DIR as _CONFIG_ROOT
+from rewards.reference import DEFAULT_REFERENCE_DATASET
 
 CONFIG_DIR = _CONFIG_ROOT / "reward"
 # null: in this process (per-crystal budgets via SIGALRM); process: in a worker process that is
@@ -87,7 +88,10 @@ def check_component_targets(cfg: Mapping | DictConfig) -> None:
 
 
 def build_reward(
-    name_or_config: str | Path | Mapping | DictConfig, overrides: Sequence[str] = (), device: str | None = None
+    name_or_config: str | Path | Mapping | DictConfig,
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    dataset: str | None = None,
 ) -> Any:
     """Instantiate a reward: a config name (``dng``), a YAML path, or a config mapping.
 
@@ -97,7 +101,8 @@ def build_reward(
     ``isolation: process`` (and optionally ``isolation_grace: <seconds>``) it is computed in a worker
     process, see :class:`rewards.isolated.IsolatedReward`. ``device`` (e.g. the env's) is where a
     :class:`rewards.CompositeReward` runs its MLIP and VAE features, unless the config sets ``device``
-    itself.
+    itself. ``dataset`` (the env's, e.g. ``perov5``) fills a ``reference.dataset`` left null: the
+    known crystals of novelty are those the generator was trained on; without it, ``mp20_sample``.
     """
     cfg = load_reward_config(name_or_config)
     for item in overrides:
@@ -112,6 +117,9 @@ def build_reward(
     if "_target_" not in cfg:
         cfg._target_ = "rewards.CompositeReward"
     check_component_targets(cfg)
+    reference = cfg.get("reference")
+    if isinstance(reference, Mapping) and reference.get("dataset") is None:
+        reference["dataset"] = dataset or DEFAULT_REFERENCE_DATASET
     if device is not None and cfg._target_ in ("rewards.CompositeReward", "rewards.composite.CompositeReward"):
         if cfg.get("device") is None:
             cfg.device = str(device)

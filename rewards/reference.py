@@ -40,6 +40,7 @@ from rewards.safety import suspended
 CACHE_VERSION = 3  # 3: checksummed cache files
 HULLS = ("mp", "dataset")
 ALL_SPLITS = ("train", "val", "test")
+DEFAULT_REFERENCE_DATASET = "mp20_sample"  # a reward config's reference.dataset when neither it nor an env names one
 MAX_REFERENCE_FEATURES = 50_000
 
 

@@ -168,6 +168,25 @@ def test_dng_config_matches_the_issue():
     assert density.components[0].target == 0.05
 
 
+@pytest.mark.parametrize(
+    "env, reward, expected",
+    [("ldm_perov5", "stability", "perov5"), ("ldm_mp20", "dng", "mp20_sample"), (None, "energy", "mp20_sample")],
+)
+def test_reward_reference_is_the_envs_training_data_unless_the_config_names_one(monkeypatch, env, reward, expected):
+    """Novelty of a Perov-5 generator's crystals is judged against Perov-5, not MP-20: a bundled reward's
+    reference.dataset is null and the env's ``dataset`` fills it; a dataset the config names wins."""
+    import rewards.composite
+    from crystal_env.config import load_config
+    from crystal_env.factory import build_reward_fn
+
+    loaded = []
+    monkeypatch.setattr(rewards.composite, "load_reference", lambda **kw: loaded.append(kw["dataset"]))
+    dataset = load_config("env", env)["dataset"] if env else None
+    build_reward_fn(reward, dataset=dataset)
+    build_reward(reward, overrides=["reference.dataset=carbon24"], dataset=dataset)
+    assert loaded == [expected, "carbon24"]
+
+
 def test_reward_models_run_on_the_reward_device_unless_a_component_says_otherwise(
     monkeypatch, tiny_reference, tiny_model
 ):

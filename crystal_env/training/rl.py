@@ -313,7 +313,7 @@ def build_training(
     if required_group is not None:
         env_cfg["group_size"] = required_group
     device = cfg.get("device", "cpu")
-    reward_fn = build_reward_fn(cfg["reward"], device=device)
+    reward_fn = build_reward_fn(cfg["reward"], device=device, dataset=env_cfg.get("dataset"))
     wrap = reward_wrapper or (lambda fn, role: fn)
     env = make_env(env_cfg, reward=wrap(reward_fn, "train"), seed=seed, device=device)
     val_env = None
