@@ -12,9 +12,7 @@ from crystal_env.reward_protocol import RewardFn
 ENV_KEYS = {"name", "model", "dataset", "sampler", "num_steps", "eta", "max_atoms", "batch_size", "group_size"}
 
 
-def build_reward_fn(
-    reward: str | dict | RewardFn, device: str | None = None, dataset: str | None = None
-) -> RewardFn:
+def build_reward_fn(reward: str | dict | RewardFn, device: str | None = None, dataset: str | None = None) -> RewardFn:
     """A reward config name/dict through ``rewards.build_reward`` (its models on ``device``; its
     ``reference.dataset``, if null, ``dataset``: the env's), or a callable as it is."""
     if callable(reward):
