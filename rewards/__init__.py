@@ -17,6 +17,7 @@ from rewards.composite import CompositeReward
 from rewards.composition_uniqueness import CompositionUniqueness
 from rewards.factory import build_reward, reward_names
 from rewards.isolated import IsolatedReward
+from rewards.metastability import Metastability
 from rewards.metrics import METRICS, RewardBatch, register_metric
 from rewards.reference import ReferenceSet, load_reference
 
@@ -30,6 +31,7 @@ __all__ = [
     "Creativity",
     "Energy",
     "IsolatedReward",
+    "Metastability",
     "Predictor",
     "ReferenceSet",
     "RewardBatch",

@@ -8,7 +8,7 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Lattice, Structure
 
 from crystal_env.paths import cache_dir
-from rewards import CompositeReward, Energy, build_reward, load_reference
+from rewards import CompositeReward, Energy, Metastability, build_reward, load_reference
 from rewards.hull import (
     FormationEnergyHull,
     elemental_reference_energies,
@@ -77,7 +77,8 @@ def test_chgnet_e_above_hull_of_reference_crystals_is_small(bundled_reference):
     crystals = [val["mp-631"], train["mp-2133"], val["mp-1487"]]  # rock-salt TiC, wurtzite ZnO, B2 AlNi
     es = Structure(Lattice.cubic(4.0), ["Es", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # no MLIP/ref data for Es
     structures = [*crystals, es, *invalid_structures()[:3]]
-    reward = CompositeReward([Energy(normalize_fn="norm")], reference=bundled_reference)
+    components = [Energy(normalize_fn="norm"), Metastability(), Metastability(threshold=-0.5, name="deep")]
+    reward = CompositeReward(components, reference=bundled_reference)
     out = reward(structures)
     e_hull = RewardBatch(structures, bundled_reference).metric("e_above_hull")
     assert np.all(np.abs(e_hull[:3]) < 0.1), e_hull[:3]
@@ -87,6 +88,11 @@ def test_chgnet_e_above_hull_of_reference_crystals_is_small(bundled_reference):
     assert raw[3:].tolist() == [-1.0] * 4
     assert out["failed", "energy"].tolist() == [False] * 3 + [True] * 4
     assert reward.last_info["num_invalid"] == 3 and reward.last_info["num_failed"]["energy"] == 4
+    # DFT-relaxed MP crystals are metastable (E_hull <= 0.1); none is 0.5 eV/atom below the hull;
+    # the crystal without an energy and the invalid ones are failures that score 0
+    assert out["raw", "metastability"].tolist() == [1.0] * 3 + [0.0] * 4
+    assert out["raw", "deep"].tolist() == [0.0] * 7
+    assert out["failed", "metastability"].tolist() == [False] * 3 + [True] * 4
 
 
 def test_mlip_failure_penalises_only_that_crystal():
