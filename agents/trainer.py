@@ -98,6 +98,7 @@ class Trainer:
                 "step": self.step,
                 "agent": self.agent.state_dict(),
                 "rng": capture_rng(self._env_rng_states()),
+                "env_state": self._env_checkpoint_state(),
                 "config": self.config,
                 "history": self.history,
             },
@@ -111,15 +112,23 @@ class Trainer:
         state = getattr(self.env, "rng_state_at_last_reset", None)
         return {} if state is None else {"env_reset": state}
 
+    def _env_checkpoint_state(self) -> dict[str, Any]:
+        """The env's own state beyond its generator (e.g. a reward's memory of earlier batches), if it
+        keeps one (``checkpoint_state``/``load_checkpoint_state``)."""
+        state = getattr(self.env, "checkpoint_state", None)
+        return state() if callable(state) else {}
+
     def resume(self, source: str | Path | dict[str, Any]) -> None:
-        """Load agent, step and history from a checkpoint (path, run directory or loaded dict); the
-        env generator is rewound so the collector's first reset redraws the pending episode, and
+        """Load agent, step, history and the env's state from a checkpoint (path, run directory or
+        loaded dict); the env generator is rewound so the collector's first reset redraws the pending episode, and
         the global RNGs are restored after that reset."""
         state = source if isinstance(source, dict) else load_checkpoint(source)
         self.agent.load_state_dict(state["agent"])
         self.step = state["step"]
         self.history = state["history"]
         self._resume_state = state["rng"]
+        if state.get("env_state"):  # checkpoints of older versions have none
+            self.env.load_checkpoint_state(state["env_state"])
         env_state = state["rng"]["generators"].get("env_reset")
         if env_state is not None and isinstance(getattr(self.env, "rng", None), torch.Generator):
             self.env.rng.set_state(env_state)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pymatgen.core import Structure
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase
@@ -60,6 +62,17 @@ class CrystalDiffusionEnv(EnvBase):
         self.num_invalid_actions = 0
         self.rng_state_at_last_reset = self.rng.get_state()
         self._make_specs()
+
+    # ---- checkpoint state ---------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The reward's state (e.g. :class:`rewards.CompositionUniqueness`'s memory) if it has a
+        ``state_dict``: what a training checkpoint must hold for a resumed run to continue exactly."""
+        state_dict = getattr(self.reward_fn, "state_dict", None)
+        return {"reward": state_dict()} if callable(state_dict) else {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if "reward" in state:
+            self.reward_fn.load_state_dict(state["reward"])
 
     # ---- specs --------------------------------------------------------------------------------------
     def _make_specs(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pymatgen.core import Structure
@@ -95,6 +95,14 @@ class RewardComponent:
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         """Raw (B,) values; entries of invalid crystals are ignored and replaced by :meth:`score`."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What calls change (e.g. a memory of earlier crystals), for training checkpoints; {} if nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"Reward component {self.name!r} keeps no state; got keys {sorted(state)}")
 
     def score(self, batch: RewardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw values with the worst value filled in, and the (B,) mask of crystals that got it:

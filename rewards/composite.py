@@ -93,6 +93,18 @@ class CompositeReward:
             for c in stateful:
                 c.remember = True
 
+    def state_dict(self) -> dict[str, Any]:
+        """The components' state (only those that keep one), keyed by component name."""
+        return {c.name: state for c in self.components if (state := c.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        by_name = {c.name: c for c in self.components}
+        unknown = set(state) - set(by_name)
+        if unknown:
+            raise ValueError(f"Reward state for unknown component(s) {sorted(unknown)}; components: {list(by_name)}")
+        for name, component_state in state.items():
+            by_name[name].load_state_dict(component_state)
+
     def normalize(self, x: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The global normalisation (``normalize_fn``, ``eps``) of rewards, within each group if given."""
         return normalize(torch.as_tensor(x).reshape(-1), self.normalize_fn, self.eps, group_ids)

@@ -19,8 +19,9 @@ class CompositionUniqueness(RewardComponent):
     a composition nobody else in the batch has earns 1. A batch of 32 rarely repeats a formula even
     when the policy has narrowed to a few hundred of them, which 500 evaluation samples then repeat
     many times over; ``memory`` (a count-based novelty bonus over the generator's own recent output)
-    extends the count across calls so such narrowing is penalised as it happens. The memory lives
-    in this object and is not part of a training checkpoint; calls made with ``remember = False``
+    extends the count across calls so such narrowing is penalised as it happens. The memory is part
+    of :meth:`state_dict`, which training checkpoints save (a resumed run continues with it); calls
+    made with ``remember = False``
     (:meth:`~rewards.CompositeReward.frozen`, which training uses for validation batches) read it
     without adding to it. Unlike :class:`~rewards.Creativity` (structure level: a second polymorph of
     a formula is still creative), this counts compositions, the quantity a stability reward tends to
@@ -45,3 +46,12 @@ class CompositionUniqueness(RewardComponent):
         if self.memory and self.remember:
             self._recent.extend(seen)
         return torch.tensor([1.0 / counts[f] if f is not None else 0.0 for f in formulas])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": list(self._recent)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        recent = state.get("recent")
+        if not isinstance(recent, list) or not all(isinstance(f, str) for f in recent):
+            raise ValueError(f"{self.name}: state 'recent' must be a list of formulas, got {type(recent).__name__}")
+        self._recent = deque(recent, maxlen=self.memory)

@@ -165,6 +165,18 @@ def test_composition_uniqueness_counts_formulas_in_batch_and_memory():
     torch.testing.assert_close(validation([kcl])["raw", "composition_uniqueness"], third)
     torch.testing.assert_close(validation([kcl])["raw", "composition_uniqueness"], third)  # nothing remembered
     assert validation.component_names == composite.component_names
+    # the memory is the reward's checkpoint state: a copy loaded into a fresh reward scores alike
+    state = composite.state_dict()
+    assert state == {"composition_uniqueness": {"recent": ["KCl", "KCl"]}}
+    fresh = CompositeReward([CompositionUniqueness(memory=4)], reference=ReferenceSet([nacl]))
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh([kcl, nacl])["raw", "composition_uniqueness"], torch.tensor([1 / 3, 1.0]))
+    with pytest.raises(
+        ValueError, match=r"unknown component\(s\) \['energy'\]; components: \['composition_uniqueness'\]"
+    ):
+        fresh.load_state_dict({"energy": {}})
+    with pytest.raises(ValueError, match="list of formulas"):
+        fresh.load_state_dict({"composition_uniqueness": {"recent": "KCl"}})
 
 
 def test_predictor_component(tmp_path, tiny_model):

@@ -62,14 +62,25 @@ def test_ppo_agent_completes_updates(tmp_path):
     assert all(h["train/skipped_updates"] == 0 for h in history[1:])
 
 
+def with_composition_memory(cfg):
+    """The density reward plus a CompositionUniqueness memory: a reward whose state a resume must restore."""
+    memory = {"_target_": "rewards.CompositionUniqueness", "weight": 0.5, "memory": 64}
+    cfg["reward"]["components"].append(memory)
+    return cfg
+
+
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     common = ["reward=atomic_density", *TINY, "seed=3"]
-    run_training(config(tmp_path / "full", *common, "trainer.max_steps=4"))
-    run_training(config(tmp_path / "split", *common, "trainer.max_steps=2"))
-    run_training(config(tmp_path / "split", *common, "trainer.max_steps=4", f"resume={tmp_path / 'split'}"))
+    run_training(with_composition_memory(config(tmp_path / "full", *common, "trainer.max_steps=4")))
+    run_training(with_composition_memory(config(tmp_path / "split", *common, "trainer.max_steps=2")))
+    resume = config(tmp_path / "split", *common, "trainer.max_steps=4", f"resume={tmp_path / 'split'}")
+    run_training(with_composition_memory(resume))
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
     split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
     assert full["step"] == split["step"] == 4
+    # the reward's memory (the valid crystals of the 4 training batches, no validation batch) came back
+    memory = full["env_state"]["reward"]["composition_uniqueness"]["recent"]
+    assert 0 < len(memory) <= 4 * 8 and split["env_state"] == full["env_state"]
     for key, value in full["agent"]["policy"].items():
         torch.testing.assert_close(value, split["agent"]["policy"][key], rtol=0, atol=0)
     assert [h["train/reward"] for h in full["history"][1:]] == [h["train/reward"] for h in split["history"][1:]]
