@@ -44,7 +44,7 @@ EXPERIMENTS = {
         "env": "ldm_perov5",
         "reward": "stability",
         "reference": "perov5",
-        "overrides": ["trainer.max_steps=600"],  # ~10 min on 2 idle cores
+        "overrides": ["trainer.max_steps=1000"],  # ~12 min on 2 idle cores
     },
 }
 #: Evaluation-table rows: (label, summary key, is a fraction)
