@@ -12,8 +12,12 @@ from rewards.metrics import RewardBatch
 
 
 class CompositionUniqueness(RewardComponent):
-    """1 / (how often this reduced formula occurs among the batch's valid crystals and the last
-    ``memory`` valid crystals of earlier calls); 0 for invalid crystals.
+    """1 / k, k = how often this reduced formula occurs among the batch's valid crystals and the last
+    ``memory`` valid crystals of earlier calls; 0 for invalid crystals. With ``penalty="linear"``:
+    −(k − 1) / ``scale`` (invalid crystals: the batch's lowest value). 1/k punishes the first repeats
+    most and saturates (k = 16 and k = 64 differ by 0.05); the linear count is, in expectation,
+    the policy's collision probability (how often two samples share a formula, i.e. what the
+    uniqueness metric counts), tolerating a few repeats and growing without bound with collapse.
 
     With ``memory=0`` it is a batch-level term: a batch all on one composition earns 1/B per crystal,
     a composition nobody else in the batch has earns 1. A batch of 32 rarely repeats a formula even
@@ -29,11 +33,19 @@ class CompositionUniqueness(RewardComponent):
     """
 
     worst = 0.0
+    PENALTIES = ("reciprocal", "linear")
 
-    def __init__(self, memory: int = 0, **kwargs: Any) -> None:
+    def __init__(self, memory: int = 0, penalty: str = "reciprocal", scale: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if memory < 0:
             raise ValueError(f"memory must be >= 0, got {memory}")
+        if penalty not in self.PENALTIES:
+            raise ValueError(f"Unknown penalty {penalty!r}; valid: {list(self.PENALTIES)}")
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.penalty, self.scale = penalty, float(scale)
+        if penalty == "linear":
+            self.worst = None  # values go below 0: an invalid crystal gets the batch's lowest
         self.memory = int(memory)
         self._recent: deque[str] = deque(maxlen=self.memory)
         self.remember = True
@@ -45,6 +57,8 @@ class CompositionUniqueness(RewardComponent):
         counts = Counter(seen) + Counter(f for f in self._recent if f in here)
         if self.memory and self.remember:
             self._recent.extend(seen)
+        if self.penalty == "linear":
+            return torch.tensor([-(counts[f] - 1) / self.scale if f is not None else 0.0 for f in formulas])
         return torch.tensor([1.0 / counts[f] if f is not None else 0.0 for f in formulas])
 
     def state_dict(self) -> dict[str, Any]:
