@@ -153,6 +153,12 @@ def test_composition_uniqueness_counts_formulas_in_batch_and_memory():
     torch.testing.assert_close(remembering([kcl]), torch.tensor([1 / 3]))  # the last 3 crystals: KCl, NaCl, KCl
     with pytest.raises(ValueError, match="memory"):
         CompositionUniqueness(memory=-1)
+    # linear: -(k - 1) / scale, unbounded below; an invalid crystal gets the batch's lowest value
+    linear = CompositionUniqueness(memory=4, penalty="linear", scale=2.0)
+    assert linear([nacl, nacl_big, kcl, None]).tolist() == [-0.5, -0.5, 0.0, -0.5]
+    assert linear([nacl, kcl]).tolist() == [-1.0, -0.5]  # 2 earlier NaCl + itself; 1 earlier KCl + itself
+    with pytest.raises(ValueError, match=r"Unknown penalty 'log'; valid: \['reciprocal', 'linear'\]"):
+        CompositionUniqueness(penalty="log")
     composite = CompositeReward([CompositionUniqueness(memory=4)], reference=ReferenceSet([nacl]))
     composite([kcl])
     with composite.frozen():  # validation: reads the memory, adds nothing to it
