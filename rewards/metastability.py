@@ -21,12 +21,10 @@ class Metastability(Energy):
     Energy term in the reward, the energies are computed once and shared. Failures score 0.
     """
 
-    worst = 0.0
-
     def __init__(self, threshold: float = 0.1, **kwargs: Any):
         super().__init__(**kwargs)
         self.threshold = float(threshold)
-        self.worst = 0.0
+        self.worst = 0.0  # Energy.__init__ sets -max_e_hull
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         e_hull = torch.as_tensor(batch.metric("e_above_hull", **self.mlip_params), dtype=torch.float32)
