@@ -179,7 +179,7 @@ def test_bad_suite_files_are_rejected_naming_the_key(tmp_path, edit, message):
 
 
 def test_unknown_suites_tasks_and_agent_files_list_the_valid_ones(tmp_path):
-    with pytest.raises(SystemExit, match=r"Unknown benchmark suite 'nope'; valid: \['default', 'tiny'\]"):
+    with pytest.raises(SystemExit, match=r"Unknown benchmark suite 'nope'; valid: \['default', 'long', 'tiny'\]"):
         benchmark.main(["--suite", "nope"])
     with pytest.raises(SystemExit, match=r"--tasks: unknown task\(s\) \['mp20'\]; valid: \['ldm_mp20/atomic_density'"):
         benchmark.main(["--suite", "default", "--tasks", "mp20", "--render", "--out", str(tmp_path)])
