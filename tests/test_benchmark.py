@@ -202,6 +202,15 @@ def test_default_suite_plans_equal_budgets(tmp_path):
     assert {r.plan["steps"] for r in quick} == {5, 2}  # 3200 x 0.05 / 32, 1280 x 0.05 / 32
 
 
+def test_long_suite_plans_its_larger_budget(tmp_path):
+    suite, _ = load_suite("long")
+    assert suite["agents"] == ["best_of_n", "reinforce", "grpo"] and suite["seeds"] == [0, 1, 2]
+    suite["seeds"] = [1]
+    (run,) = plan_runs(suite, [resolve_agent("grpo")], tmp_path, [], 1.0, False)
+    assert run.task["name"] == "ldm_perov5/energy" and run.plan["steps"] * run.plan["batch_size"] == 5120
+    assert run.plan["points"] == list(range(640, 5121, 640))
+
+
 def test_bootstrap_ci_known_answers():
     assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
     # two values: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4 -> the CI spans both
