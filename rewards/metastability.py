@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from typing import Any
 
 import torch
@@ -19,14 +20,49 @@ class Metastability(Energy):
     counts. This term pays for crossing the threshold itself. It takes the MLIP options of
     :class:`~rewards.Energy` (``mlip``, ``model``, ``relax_steps``, …); with the same options as an
     Energy term in the reward, the energies are computed once and shared. Failures score 0.
+
+    ``share_memory`` > 0 shares the bonus among copies (fitness sharing): a metastable crystal earns
+    1/k, k = how many metastable crystals of its reduced formula are in the batch and among the last
+    ``share_memory`` metastable crystals of earlier calls. The whole bonus then goes to finding *more*
+    metastable compositions rather than repeating one: the uniqueness and distinct-formula columns
+    are what a plain bonus trades away. The memory is saved like
+    :class:`~rewards.CompositionUniqueness`'s (:meth:`state_dict`; ``remember = False`` reads it
+    without adding to it).
     """
 
-    def __init__(self, threshold: float = 0.1, **kwargs: Any):
+    def __init__(self, threshold: float = 0.1, share_memory: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
+        if share_memory < 0:
+            raise ValueError(f"share_memory must be >= 0, got {share_memory}")
         self.threshold = float(threshold)
         self.worst = 0.0  # Energy.__init__ sets -max_e_hull
+        self.share_memory = int(share_memory)
+        self._recent: deque[str] = deque(maxlen=self.share_memory)
+        self.remember = True
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         e_hull = torch.as_tensor(batch.metric("e_above_hull", **self.mlip_params), dtype=torch.float32)
         hit = (e_hull <= self.threshold).float()
+        if self.share_memory:
+            hit = self._shared(hit, batch)
         return torch.where(torch.isnan(e_hull), e_hull, hit)  # NaN (no energy / no hull): a failure, 0
+
+    def _shared(self, hit: torch.Tensor, batch: RewardBatch) -> torch.Tensor:
+        formulas = [
+            s.composition.reduced_formula if s is not None and h > 0 else None
+            for s, h in zip(batch.valid_structures, hit.tolist(), strict=True)
+        ]
+        found = [f for f in formulas if f is not None]
+        counts = Counter(found) + Counter(f for f in self._recent if f in set(found))
+        if self.remember:
+            self._recent.extend(found)
+        return torch.tensor([1.0 / counts[f] if f is not None else 0.0 for f in formulas])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": list(self._recent)} if self.share_memory else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        recent = state.get("recent")
+        if not isinstance(recent, list) or not all(isinstance(f, str) for f in recent):
+            raise ValueError(f"{self.name}: state 'recent' must be a list of formulas, got {type(recent).__name__}")
+        self._recent = deque(recent, maxlen=self.share_memory)

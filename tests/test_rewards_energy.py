@@ -209,3 +209,27 @@ def test_full_dng_reward_from_config(tmp_path, tiny_model, bundled_reference):
     assert set(reward.last_info["metric_seconds"]) >= {"unique", "novel", "e_above_hull", "vae_structure_features"}
     advantages = reward.normalize(out["total"], torch.tensor([0, 0, 0, 1, 1, 1, 1]))
     assert abs(float(advantages[:3].mean())) < 1e-5 and abs(float(advantages[3:].mean())) < 1e-5
+
+
+def test_shared_metastability_splits_the_bonus_among_copies(bundled_reference):
+    from crystal_env.data import load_dataset
+
+    val = {r.material_id: r.structure for r in load_dataset("mp20_sample", "val")}
+    tic, aln = val["mp-631"], val["mp-1487"]  # DFT-relaxed: metastable under CHGNet (test above)
+    shared = Metastability(share_memory=4, name="shared")
+    reward = CompositeReward([Metastability(), shared], reference=bundled_reference)
+    first = reward([tic, tic.copy(), aln, None])
+    assert first["raw", "metastability"].tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert first["raw", "shared"].tolist() == [0.5, 0.5, 1.0, 0.0]  # TiC's bonus split between its 2 copies
+    with reward.frozen():  # validation batches read the memory without adding to it
+        assert reward([tic])["raw", "shared"].tolist() == [pytest.approx(1 / 3)]
+    assert reward([tic])["raw", "shared"].tolist() == [pytest.approx(1 / 3)]  # + 2 remembered copies
+    assert shared.state_dict() == {"recent": ["TiC", "TiC", "AlNi", "TiC"]}
+    assert reward([aln])["raw", "shared"].tolist() == [0.5]
+    assert shared.state_dict() == {"recent": ["TiC", "AlNi", "TiC", "AlNi"]}  # the last 4 metastable crystals
+    restored = Metastability(share_memory=4)
+    restored.load_state_dict(shared.state_dict())
+    assert restored([tic], reference=bundled_reference).tolist() == [pytest.approx(1 / 3)]
+    assert Metastability().state_dict() == {}
+    with pytest.raises(ValueError, match="share_memory"):
+        Metastability(share_memory=-1)
