@@ -61,8 +61,9 @@ def test_dng_reward_runs_its_models_on_the_env_device():
         traj = env.rollout(100, make_policy(env.model))
     final = traj[:, -1]["next"]
     assert torch.isfinite(final["reward"]).all()
-    assert set(final["reward_raw"].keys()) == set(env.reward_fn.component_names)
-    assert {"creativity", "energy", "structure_diversity", "composition_diversity"} <= set(env.reward_fn.component_names)
+    names = set(env.reward_fn.component_names)
+    assert set(final["reward_raw"].keys()) == names
+    assert {"creativity", "energy", "structure_diversity", "composition_diversity"} <= names
     assert next(get_mlip("chgnet", None, "cuda").model.parameters()).device.type == "cuda"
     assert get_model("mp20_tiny", "cuda").latent_mean.device.type == "cuda"
 
