@@ -31,6 +31,7 @@ import shlex
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
 RESULT_NAME = "result.json"
+ERROR_NAME = "error.txt"  # the traceback of a run that failed (removed when it succeeds)
 #: final-evaluation summary keys kept per run
 FINAL_KEYS = (
     "n",
@@ -690,6 +692,7 @@ def run_suite(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, A
     progress = not args.no_progress
     runs = plan_runs(suite, agents, out, args.override, args.budget_scale, progress)
     results: dict[tuple, dict] = {}
+    failed: list[dict[str, Any]] = []
     for i, run in enumerate(runs, 1):
         label = (
             f"[{i}/{len(runs)}] {run.task['name']} agent={run.agent.name} seed={run.seed}: "
@@ -699,7 +702,15 @@ def run_suite(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, A
         result = read_result(run)
         if result is None and not args.render:
             print(label, flush=True)
-            result = execute(run, progress)
+            try:
+                result = execute(run, progress)
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one broken run must not cost the others: reported, exit 1
+                failed.append(record_failure(run, exc))
+                print(f"[{i}/{len(runs)}] failed: {failed[-1]['error']} (traceback in {failed[-1]['log']})", flush=True)
+                continue
+            (run.dir / ERROR_NAME).unlink(missing_ok=True)
             _write_json(run.dir / RESULT_NAME, result)
             result = json.loads((run.dir / RESULT_NAME).read_text())
             print(
@@ -725,6 +736,7 @@ def run_suite(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, A
         "overrides": list(args.override),
         "runs": len(runs),
         "runs_done": len(results),
+        "runs_failed": failed,
         "conventions": CONVENTIONS,
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL},
     }
@@ -733,6 +745,20 @@ def run_suite(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(summary, out)
     return summary
+
+
+def record_failure(run: Run, exc: Exception) -> dict[str, Any]:
+    """Write the traceback of a failed run next to where its result would be; describe the failure."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    log_path = run.dir / ERROR_NAME
+    atomic_write_bytes(log_path, traceback.format_exc().encode())
+    return {
+        "task": run.task["name"],
+        "agent": run.agent.name,
+        "seed": run.seed,
+        "error": f"{type(exc).__name__}: {exc}",
+        "log": str(log_path),
+    }
 
 
 def _fmt(x: float | None) -> str:
@@ -749,3 +775,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     print(render_markdown(summary))
     print(f"written to {args.out}: suite.json, leaderboard.md, leaderboard.csv, curves_<task>.png")
+    if failed := summary["meta"]["runs_failed"]:
+        runs = "; ".join(f"{f['task']} {f['agent']} seed {f['seed']}: {f['error']}" for f in failed)
+        raise SystemExit(
+            f"error: {len(failed)} run(s) failed ({runs}); the rest are in the leaderboard. "
+            "Run the same command again to retry only those."
+        )

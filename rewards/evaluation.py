@@ -29,7 +29,9 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = x.double().numpy(), y.double().numpy()
     mu_x, mu_y = x.mean(0), y.mean(0)
     cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    covmean = np.asarray(linalg.sqrtm(cov_x @ cov_y)).real  # no ``disp=``: newer SciPy removed it
+    with warnings.catch_warnings():  # few samples: a singular product; FID takes the real part all the same
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = np.asarray(linalg.sqrtm(cov_x @ cov_y)).real  # no ``disp=``: newer SciPy removed it
     return float(((mu_x - mu_y) ** 2).sum() + np.trace(cov_x + cov_y - 2 * covmean))
 
 

@@ -156,6 +156,36 @@ def test_suite_resumes_and_renders_without_rerunning(suite_run, capsys):
     assert (out / "leaderboard.md").is_file()
 
 
+def test_a_failing_run_is_reported_and_the_others_still_aggregate(suite_run, monkeypatch, capsys):
+    from crystal_rl import benchmark_suite
+
+    folder, argv = suite_run
+    out = folder / "out"
+    victim = out / "ldm_mp20_atomic_density" / "best_of_n" / "seed1"
+    saved = (victim / "result.json").read_text()
+    (victim / "result.json").unlink()
+
+    def broken(run, progress):
+        raise RuntimeError("MLIP server went away")
+
+    monkeypatch.setattr(benchmark_suite, "execute", broken)
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit, match=r"1 run\(s\) failed \(ldm_mp20/atomic_density best_of_n seed 1: Runt"):
+            benchmark.main(argv)
+        log = capsys.readouterr().out
+        assert log.count("done before, skipped") == 11
+        assert "failed: RuntimeError: MLIP server went away (traceback in" in log
+        assert "MLIP server went away" in (victim / "error.txt").read_text()
+        meta = json.loads((out / "suite.json").read_text())["meta"]
+        assert meta["runs_done"] == 11 and [f["seed"] for f in meta["runs_failed"]] == [1]
+    finally:
+        (victim / "result.json").write_text(saved)  # the other tests read the full suite
+    monkeypatch.undo()
+    benchmark.main(argv)  # the result is back: nothing to run, no failure
+    assert json.loads((out / "suite.json").read_text())["meta"]["runs_failed"] == []
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
