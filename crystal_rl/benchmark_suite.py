@@ -721,9 +721,13 @@ def run_suite(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, A
             )
         elif result is not None:
             print(f"{label}: done before, skipped", flush=True)
+        elif (run.dir / ERROR_NAME).is_file():
+            failed.append(failure_from_log(run))
+            print(f"{label}: failed before ({failed[-1]['error']})", flush=True)
         else:
             print(f"{label}: no result yet", flush=True)
         if result is not None:
+            (run.dir / ERROR_NAME).unlink(missing_ok=True)  # a retry succeeded
             results[(run.task["name"], run.agent.name, run.seed)] = result
     summary = aggregate(suite, names, runs, results)
     summary["meta"] = {
@@ -750,14 +754,23 @@ def run_suite(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, A
 def record_failure(run: Run, exc: Exception) -> dict[str, Any]:
     """Write the traceback of a failed run next to where its result would be; describe the failure."""
     run.dir.mkdir(parents=True, exist_ok=True)
-    log_path = run.dir / ERROR_NAME
-    atomic_write_bytes(log_path, traceback.format_exc().encode())
+    atomic_write_bytes(run.dir / ERROR_NAME, traceback.format_exc().encode())
+    return _failure(run, f"{type(exc).__name__}: {exc}")
+
+
+def failure_from_log(run: Run) -> dict[str, Any]:
+    """The failure of an earlier invocation (``--render``): the last line of its traceback."""
+    lines = [line for line in (run.dir / ERROR_NAME).read_text(errors="replace").splitlines() if line.strip()]
+    return _failure(run, lines[-1].strip() if lines else "unknown error")
+
+
+def _failure(run: Run, error: str) -> dict[str, Any]:
     return {
         "task": run.task["name"],
         "agent": run.agent.name,
         "seed": run.seed,
-        "error": f"{type(exc).__name__}: {exc}",
-        "log": str(log_path),
+        "error": error,
+        "log": str(run.dir / ERROR_NAME),
     }
 
 

@@ -31,7 +31,7 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     with warnings.catch_warnings():  # few samples: a singular product; FID takes the real part all the same
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = np.asarray(linalg.sqrtm(cov_x @ cov_y)).real  # no ``disp=``: newer SciPy removed it
+        covmean = np.asarray(linalg.sqrtm(cov_x @ cov_y)).real  # ``disp=``: deprecated in SciPy 1.17, gone after
     return float(((mu_x - mu_y) ** 2).sum() + np.trace(cov_x + cov_y - 2 * covmean))
 
 

@@ -53,7 +53,8 @@ class Metastability(Energy):
             for s, h in zip(batch.valid_structures, hit.tolist(), strict=True)
         ]
         found = [f for f in formulas if f is not None]
-        counts = Counter(found) + Counter(f for f in self._recent if f in set(found))
+        here = set(found)
+        counts = Counter(found) + Counter(f for f in self._recent if f in here)
         if self.remember:
             self._recent.extend(found)
         return torch.tensor([1.0 / counts[f] if f is not None else 0.0 for f in formulas])
@@ -62,6 +63,9 @@ class Metastability(Energy):
         return {"recent": list(self._recent)} if self.share_memory else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:  # what state_dict() gives without sharing
+            self._recent.clear()
+            return
         recent = state.get("recent")
         if not isinstance(recent, list) or not all(isinstance(f, str) for f in recent):
             raise ValueError(f"{self.name}: state 'recent' must be a list of formulas, got {type(recent).__name__}")

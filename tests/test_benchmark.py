@@ -179,11 +179,15 @@ def test_a_failing_run_is_reported_and_the_others_still_aggregate(suite_run, mon
         assert "MLIP server went away" in (victim / "error.txt").read_text()
         meta = json.loads((out / "suite.json").read_text())["meta"]
         assert meta["runs_done"] == 11 and [f["seed"] for f in meta["runs_failed"]] == [1]
+        with pytest.raises(SystemExit, match="1 run"):  # --render reports it too, from error.txt
+            benchmark.main([*argv, "--render"])
+        assert "failed before (RuntimeError: MLIP server went away)" in capsys.readouterr().out
     finally:
         (victim / "result.json").write_text(saved)  # the other tests read the full suite
     monkeypatch.undo()
     benchmark.main(argv)  # the result is back: nothing to run, no failure
     assert json.loads((out / "suite.json").read_text())["meta"]["runs_failed"] == []
+    assert not (victim / "error.txt").exists()
 
 
 @pytest.mark.parametrize(

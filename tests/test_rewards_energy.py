@@ -230,6 +230,8 @@ def test_shared_metastability_splits_the_bonus_among_copies(bundled_reference):
     restored = Metastability(share_memory=4)
     restored.load_state_dict(shared.state_dict())
     assert restored([tic], reference=bundled_reference).tolist() == [pytest.approx(1 / 3)]
-    assert Metastability().state_dict() == {}
+    plain = Metastability()
+    assert plain.state_dict() == {}
+    plain.load_state_dict(plain.state_dict())  # a round trip without sharing
     with pytest.raises(ValueError, match="share_memory"):
         Metastability(share_memory=-1)
