@@ -710,7 +710,6 @@ def run_suite(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, A
                 failed.append(record_failure(run, exc))
                 print(f"[{i}/{len(runs)}] failed: {failed[-1]['error']} (traceback in {failed[-1]['log']})", flush=True)
                 continue
-            (run.dir / ERROR_NAME).unlink(missing_ok=True)
             _write_json(run.dir / RESULT_NAME, result)
             result = json.loads((run.dir / RESULT_NAME).read_text())
             print(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter, deque
 from typing import Any
 
 import torch
 
 from rewards.base import RewardComponent
+from rewards.formula_memory import FormulaMemory
 from rewards.metrics import RewardBatch
 
 
@@ -47,25 +47,18 @@ class CompositionUniqueness(RewardComponent):
         if penalty == "linear":
             self.worst = None  # values go below 0: an invalid crystal gets the batch's lowest
         self.memory = int(memory)
-        self._recent: deque[str] = deque(maxlen=self.memory)
+        self._recent = FormulaMemory(self.memory)
         self.remember = True
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         formulas = [s.composition.reduced_formula if s is not None else None for s in batch.valid_structures]
-        seen = [f for f in formulas if f is not None]
-        here = set(seen)
-        counts = Counter(seen) + Counter(f for f in self._recent if f in here)
-        if self.memory and self.remember:
-            self._recent.extend(seen)
+        counts = self._recent.counts([f for f in formulas if f is not None], self.remember)
         if self.penalty == "linear":
             return torch.tensor([-(counts[f] - 1) / self.scale if f is not None else 0.0 for f in formulas])
         return torch.tensor([1.0 / counts[f] if f is not None else 0.0 for f in formulas])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"recent": list(self._recent)}
+        return self._recent.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        recent = state.get("recent")
-        if not isinstance(recent, list) or not all(isinstance(f, str) for f in recent):
-            raise ValueError(f"{self.name}: state 'recent' must be a list of formulas, got {type(recent).__name__}")
-        self._recent = deque(recent, maxlen=self.memory)
+        self._recent.load_state_dict(state, self.name)

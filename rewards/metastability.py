@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter, deque
 from typing import Any
 
 import torch
 
 from rewards.components import Energy
+from rewards.formula_memory import FormulaMemory
 from rewards.metrics import RewardBatch
 
 
@@ -37,7 +37,7 @@ class Metastability(Energy):
         self.threshold = float(threshold)
         self.worst = 0.0  # Energy.__init__ sets -max_e_hull
         self.share_memory = int(share_memory)
-        self._recent: deque[str] = deque(maxlen=self.share_memory)
+        self._recent = FormulaMemory(self.share_memory)
         self.remember = True
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
@@ -52,21 +52,14 @@ class Metastability(Energy):
             s.composition.reduced_formula if s is not None and h > 0 else None
             for s, h in zip(batch.valid_structures, hit.tolist(), strict=True)
         ]
-        found = [f for f in formulas if f is not None]
-        here = set(found)
-        counts = Counter(found) + Counter(f for f in self._recent if f in here)
-        if self.remember:
-            self._recent.extend(found)
+        counts = self._recent.counts([f for f in formulas if f is not None], self.remember)
         return torch.tensor([1.0 / counts[f] if f is not None else 0.0 for f in formulas])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"recent": list(self._recent)} if self.share_memory else {}
+        return self._recent.state_dict() if self.share_memory else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not state:  # what state_dict() gives without sharing
-            self._recent.clear()
-            return
-        recent = state.get("recent")
-        if not isinstance(recent, list) or not all(isinstance(f, str) for f in recent):
-            raise ValueError(f"{self.name}: state 'recent' must be a list of formulas, got {type(recent).__name__}")
-        self._recent = deque(recent, maxlen=self.share_memory)
+        if state:  # empty: what state_dict() gives without sharing
+            self._recent.load_state_dict(state, self.name)
+        else:
+            self._recent = FormulaMemory(self.share_memory)
