@@ -35,10 +35,31 @@ class TrainerConfig:
     checkpoint_every: int = 10
     nan_patience: int = 3
     progress: bool = True
+    best_metric: str | None = None  # a validation metric (e.g. "val/reward") whose best value is kept
+    best_mode: str = "max"  # "max" or "min": which direction of best_metric is better
 
 
 class NaNLossError(RuntimeError):
     """Raised after ``nan_patience`` consecutive steps whose every update was skipped."""
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing yet) in ``mode`` ("max" or "min"); NaN never does."""
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def best_validation(
+    history: Sequence[dict[str, float]], metric: str | None, mode: str
+) -> tuple[str, float, int] | None:
+    """(metric, value, step) of the first validation with the best ``metric`` in ``history``, as the
+    trainer's ``"best"`` hook saw it; None without a metric or a finite value."""
+    best = None
+    for record in history if metric else ():
+        if metric in record and is_better(record[metric], None if best is None else best[1], mode):
+            best = (metric, record[metric], int(record["step"]))
+    return best
 
 
 def _is_main() -> bool:
@@ -61,7 +82,9 @@ class Trainer:
     """Drives any :class:`Agent` on a TorchRL env; knows nothing of what the env generates.
 
     ``hooks`` are called as ``hook(event, step, run_dir, data)`` with event ``"validation"`` (data:
-    the validation trajectories) and ``"checkpoint"`` (data: None), for domain-specific outputs.
+    the validation trajectories), ``"checkpoint"`` (data: None) and, with ``cfg.best_metric`` set,
+    ``"best"`` (data: ``{"metric", "value", "step"}``) whenever a validation improves on it, for
+    domain-specific outputs (e.g. a copy of the model at its best validation score).
     """
 
     def __init__(
@@ -82,6 +105,11 @@ class Trainer:
         self.hooks = list(hooks)
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] | None = None  # {"metric", "value", "step"} of the best validation so far
+        if cfg.best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {cfg.best_mode!r}")
+        if cfg.best_metric is not None and val_env is None:
+            raise ValueError(f"best_metric={cfg.best_metric!r} needs validation (a val_env), and there is none")
         self._resume_state: dict[str, Any] | None = None
         self.frames_per_batch = int(env.batch_size.numel()) * int(getattr(env, "num_steps", 1))
 
@@ -101,6 +129,7 @@ class Trainer:
                 "env_state": self._env_checkpoint_state(),
                 "config": self.config,
                 "history": self.history,
+                "best": self.best,
             },
         )
         for hook in self.hooks:
@@ -126,6 +155,7 @@ class Trainer:
         self.agent.load_state_dict(state["agent"])
         self.step = state["step"]
         self.history = state["history"]
+        self.best = state.get("best")  # checkpoints of older versions have none
         self._resume_state = state["rng"]
         if state.get("env_state"):  # checkpoints of older versions have none
             self.env.load_checkpoint_state(state["env_state"])
@@ -140,6 +170,22 @@ class Trainer:
             for key, value in metrics.items():
                 if math.isfinite(value):
                     logger.log_scalar(key, value, step=self.step)
+
+    def _track_best(self, record: dict[str, float]) -> None:
+        """Call the ``"best"`` hooks when ``record``'s ``best_metric`` beats the best so far."""
+        name = self.cfg.best_metric
+        if name is None:
+            return
+        if name not in record:
+            valid = sorted(k for k in record if k.startswith("val/"))
+            raise ValueError(f"best_metric {name!r} is not a validation metric of this run; valid: {valid}")
+        value = record[name]
+        if not is_better(value, None if self.best is None else self.best["value"], self.cfg.best_mode):
+            return
+        self.best = {"metric": name, "value": value, "step": self.step}
+        if _is_main():
+            for hook in self.hooks:
+                hook("best", self.step, self.run_dir, dict(self.best))
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -168,6 +214,7 @@ class Trainer:
             restore_global_rng(self._resume_state)
         if self.step == 0 and self.val_env is not None:
             record = {"step": 0, **self.validate()}
+            self._track_best(record)
             self.history.append(record)
             self.log(record)
         stop = self._install_interrupt_handler()
@@ -197,6 +244,7 @@ class Trainer:
                     )
                 if self.step % self.cfg.val_every == 0 or self.step == self.cfg.max_steps:
                     record.update(self.validate())
+                    self._track_best(record)
                 self.history.append(record)
                 self.log(record)
                 bar.update(1)

@@ -35,6 +35,8 @@ class TrainerSchema:
     nan_patience: int = rule(ge=1)
     progress: bool = True
     val_batch_size: int = rule(ge=0)  # 0: no validation
+    best_metric: Optional[str] = None  # noqa: UP045 - OmegaConf 2.3 needs typing.Optional
+    best_mode: str = rule("max", choices=("max", "min"))
 
 
 @dataclass

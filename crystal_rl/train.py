@@ -9,6 +9,7 @@ its own directory with its saved configuration; only the keys given on the comma
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,7 +29,8 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     with hydra_job_guard(), quiet_third_party():  # run_training removes a run dir that never started
         resolved = validate_train_config(cfg)
-        from crystal_env.training.rl import default_run_dir, explicit_keys, run_training
+        from agents.trainer import best_validation
+        from crystal_env.training.rl import BEST_MODEL_NAME, default_run_dir, explicit_keys, run_training
 
         baseline = validate_train_config(hydra.compose("train"))  # the same config without command-line overrides
         explicit = explicit_keys(HydraConfig.get().overrides.task, resolved, baseline)
@@ -41,6 +43,9 @@ def main(cfg: DictConfig) -> None:
     print(f"run directory: {resolved['run_dir']}")
     print(f"elapsed: {_duration(time.perf_counter() - start)} (times depend on the machine and its load)")
     print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith(("train/reward", "val/"))))
+    best = best_validation(history, resolved["trainer"].get("best_metric"), resolved["trainer"].get("best_mode", "max"))
+    if best is not None:
+        print(f"best: {best[0]}={best[1]:.4g} at step {best[2]}: {Path(resolved['run_dir']) / BEST_MODEL_NAME}")
 
 
 if __name__ == "__main__":

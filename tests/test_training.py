@@ -90,6 +90,40 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert load_model(tmp_path / "full").max_atoms == 20
 
 
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_best_metric_exports_the_model_of_the_best_validation(mode, tmp_path):
+    """``trainer.best_metric``: model_best.pt holds the weights of the validation with the best value
+    (the first one, on ties) and says which; the checkpoint keeps it for a resume."""
+    from agents.trainer import best_validation
+
+    steps = ["trainer.max_steps=4", "trainer.val_every=1", "trainer.checkpoint_every=4"]
+    cfg = config(tmp_path, "reward=atomic_density", *TINY, *steps, "trainer.best_metric=val/atomic_density")
+    cfg["trainer"]["best_mode"] = mode
+    history = run_training(cfg)
+    vals = [h["val/atomic_density"] for h in history]
+    expected = (max if mode == "max" else min)(vals)
+    metric, value, step = best_validation(history, "val/atomic_density", mode)
+    assert (metric, value, step) == ("val/atomic_density", expected, vals.index(expected))
+    best = torch.load(tmp_path / "model_best.pt", weights_only=False)
+    assert best["meta"] == {"metric": "val/atomic_density", "value": expected, "step": step}
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["best"] == best["meta"]
+    final = torch.load(tmp_path / "model.pt", weights_only=False)
+    same = all(torch.equal(v, final["denoiser_state"][k]) for k, v in best["denoiser_state"].items())
+    assert same == (step == 4), (step, same)  # saved when it was the best, not at the end
+    assert step == (4 if mode == "max" else 0)  # density rises here: both ends are exercised
+    if step == 0:  # the base model's weights
+        from crystal_env import load_model
+
+        base = load_model("mp20_tiny").denoiser.state_dict()
+        assert all(torch.equal(v, base[k]) for k, v in best["denoiser_state"].items())
+
+
+def test_unknown_best_metric_lists_the_validation_metrics(tmp_path):
+    cfg = config(tmp_path, "reward=atomic_density", *TINY, "trainer.max_steps=2", "trainer.best_metric=val/nope")
+    with pytest.raises(ValueError, match=r"val/nope.*valid: .*'val/reward'"):
+        run_training(cfg)
+
+
 def test_missing_resume_checkpoint_says_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError, match="looked at"):
         run_training(config(tmp_path / "run", "reward=atomic_density", *TINY, f"resume={tmp_path / 'nothing'}"))

@@ -37,6 +37,7 @@ from crystal_env.reward_protocol import RewardFn
 
 log = logging.getLogger(__name__)
 NUM_VALIDATION_CIFS = 8
+BEST_MODEL_NAME = "model_best.pt"
 # Changing these on resume makes the run no longer an exact continuation of the saved one.
 PROTECTED_KEYS = ("env", "reward", "agent", "policy", "seed")
 # Per-invocation keys, never restored from a checkpoint.
@@ -183,7 +184,8 @@ def _wandb_reachable() -> bool:
 
 def crystal_hooks(model: CrystalLDM):
     """Validation: write a few decoded crystals as CIFs; checkpoint: export ``model.pt`` (LDM format,
-    readable by ``load_model`` and ``scripts/sample.py``)."""
+    readable by ``load_model`` and ``scripts/sample.py``); best (``trainer.best_metric``): export the
+    weights of the best validation so far as ``model_best.pt`` (its meta: metric, value, step)."""
 
     def hook(event: str, step: int, run_dir: Path, data: Any) -> None:
         if event == "validation":
@@ -194,6 +196,8 @@ def crystal_hooks(model: CrystalLDM):
                     s.to(filename=str(out / f"{i:02d}.cif"))
         elif event == "checkpoint":
             model.save(run_dir / "model.pt", meta={"step": step})
+        elif event == "best":
+            model.save(run_dir / BEST_MODEL_NAME, meta=data)
 
     return hook
 
