@@ -83,7 +83,7 @@ class Trainer:
 
     ``hooks`` are called as ``hook(event, step, run_dir, data)`` with event ``"validation"`` (data:
     the validation trajectories), ``"checkpoint"`` (data: None) and, with ``cfg.best_metric`` set,
-    ``"best"`` (data: ``{"metric", "value", "step"}``) whenever a validation improves on it, for
+    ``"best"`` (data: ``{"metric", "mode", "value", "step"}``) whenever a validation improves on it, for
     domain-specific outputs (e.g. a copy of the model at its best validation score).
     """
 
@@ -105,7 +105,7 @@ class Trainer:
         self.hooks = list(hooks)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.best: dict[str, Any] | None = None  # {"metric", "value", "step"} of the best validation so far
+        self.best: dict[str, Any] | None = None  # {"metric", "mode", "value", "step"} of the best validation
         if cfg.best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {cfg.best_mode!r}")
         if cfg.best_metric is not None and val_env is None:
@@ -155,7 +155,9 @@ class Trainer:
         self.agent.load_state_dict(state["agent"])
         self.step = state["step"]
         self.history = state["history"]
-        self.best = state.get("best")  # checkpoints of older versions have none
+        best = state.get("best")  # checkpoints of older versions have none
+        same = best and (best["metric"], best.get("mode")) == (self.cfg.best_metric, self.cfg.best_mode)
+        self.best = best if same else None  # a changed metric or mode starts over
         self._resume_state = state["rng"]
         if state.get("env_state"):  # checkpoints of older versions have none
             self.env.load_checkpoint_state(state["env_state"])
@@ -182,7 +184,7 @@ class Trainer:
         value = record[name]
         if not is_better(value, None if self.best is None else self.best["value"], self.cfg.best_mode):
             return
-        self.best = {"metric": name, "value": value, "step": self.step}
+        self.best = {"metric": name, "mode": self.cfg.best_mode, "value": value, "step": self.step}
         if _is_main():
             for hook in self.hooks:
                 hook("best", self.step, self.run_dir, dict(self.best))

@@ -105,7 +105,7 @@ def test_best_metric_exports_the_model_of_the_best_validation(mode, tmp_path):
     metric, value, step = best_validation(history, "val/atomic_density", mode)
     assert (metric, value, step) == ("val/atomic_density", expected, vals.index(expected))
     best = torch.load(tmp_path / "model_best.pt", weights_only=False)
-    assert best["meta"] == {"metric": "val/atomic_density", "value": expected, "step": step}
+    assert best["meta"] == {"metric": "val/atomic_density", "mode": mode, "value": expected, "step": step}
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["best"] == best["meta"]
     final = torch.load(tmp_path / "model.pt", weights_only=False)
     same = all(torch.equal(v, final["denoiser_state"][k]) for k, v in best["denoiser_state"].items())
@@ -116,6 +116,17 @@ def test_best_metric_exports_the_model_of_the_best_validation(mode, tmp_path):
 
         base = load_model("mp20_tiny").denoiser.state_dict()
         assert all(torch.equal(v, base[k]) for k, v in best["denoiser_state"].items())
+
+
+def test_resume_keeps_the_best_validation(tmp_path):
+    """A resumed run compares with the best from before the resume (here the base model, step 0)."""
+    common = ["reward=atomic_density", *TINY, "trainer.val_every=1", "trainer.best_metric=val/atomic_density"]
+    common.append("trainer.best_mode=min")
+    run_training(config(tmp_path / "full", *common, "trainer.max_steps=3"))
+    run_training(config(tmp_path / "split", *common, "trainer.max_steps=1"))
+    run_training(config(tmp_path / "split", *common, "trainer.max_steps=3", f"resume={tmp_path / 'split'}"))
+    full, split = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["best"] for d in ("full", "split"))
+    assert full == split and full["step"] == 0
 
 
 def test_unknown_best_metric_lists_the_validation_metrics(tmp_path):

@@ -185,7 +185,7 @@ def _wandb_reachable() -> bool:
 def crystal_hooks(model: CrystalLDM):
     """Validation: write a few decoded crystals as CIFs; checkpoint: export ``model.pt`` (LDM format,
     readable by ``load_model`` and ``scripts/sample.py``); best (``trainer.best_metric``): export the
-    weights of the best validation so far as ``model_best.pt`` (its meta: metric, value, step)."""
+    weights of the best validation so far as ``model_best.pt`` (its meta: metric, mode, value, step)."""
 
     def hook(event: str, step: int, run_dir: Path, data: Any) -> None:
         if event == "validation":
