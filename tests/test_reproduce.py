@@ -21,6 +21,10 @@ def test_reproduce_tiny_writes_results_tables_and_plots(tmp_path, capsys):
         assert em["seed"] == 1 and em["train_seed"] == 0 and em["relax_steps"] == 2 and em["commit"] and em["tiny"]
         assert set(em["wall_time_s"]) == {"training", "sampling and evaluation"}
         assert exp["training"]["steps"] == [0, 1, 2]
+        best = name == "stability_perov5"  # its protocol evaluates the model of the best validation
+        expected = "model_best.pt: best val/metastability" if best else "model.pt: step 2"
+        assert em["fine_tuned_model"].startswith(expected)
+        assert (work / name / "train" / "model_best.pt").is_file() == best
         assert len(exp["training"]["rows"]["val/reward"]) == 3 and "val/energy" in exp["training"]["rows"]
         for label in ("base", "grpo"):
             summary = exp["eval"][label]
