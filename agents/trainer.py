@@ -50,18 +50,6 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def best_validation(
-    history: Sequence[dict[str, float]], metric: str | None, mode: str
-) -> tuple[str, float, int] | None:
-    """(metric, value, step) of the first validation with the best ``metric`` in ``history``, as the
-    trainer's ``"best"`` hook saw it; None without a metric or a finite value."""
-    best = None
-    for record in history if metric else ():
-        if metric in record and is_better(record[metric], None if best is None else best[1], mode):
-            best = (metric, record[metric], int(record["step"]))
-    return best
-
-
 def _is_main() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 

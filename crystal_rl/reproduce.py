@@ -204,8 +204,7 @@ def render(results: dict[str, Any]) -> str:
 
 def run_experiment(name: str, args: argparse.Namespace, sizes: dict, out: Path, work: Path) -> dict[str, Any]:
     """Train, sample base and fine-tuned, evaluate both: one entry of ``results["experiments"]``."""
-    from agents.trainer import best_validation
-    from crystal_env.training.rl import BEST_MODEL_NAME, run_training
+    from crystal_env.training.rl import BEST_MODEL_NAME, best_model_meta, run_training
     from crystal_rl import plot_training
     from crystal_rl.config import compose_config
     from crystal_rl.evaluate import evaluate_to_folder
@@ -235,7 +234,7 @@ def run_experiment(name: str, args: argparse.Namespace, sizes: dict, out: Path, 
     plot_training.main([str(work / "train"), "--out", str(out), "--prefix", "training"])
 
     env, trainer = cfg["env"], cfg["trainer"]
-    best = best_validation(history, trainer["best_metric"], trainer["best_mode"])
+    best = best_model_meta(work / "train") if trainer["best_metric"] else None
     tuned = work / "train" / BEST_MODEL_NAME if best else work / "train"  # with best_metric: its model
     start = time.perf_counter()
     summaries, tops = {}, {}
@@ -266,7 +265,7 @@ def run_experiment(name: str, args: argparse.Namespace, sizes: dict, out: Path, 
             "train_command": "`crystal-rl-train " + " ".join(train_overrides) + "`",
             "train_seed": args.train_seed,
             "fine_tuned_model": (
-                f"{BEST_MODEL_NAME}: best {best[0]} ({best[1]:.4g}) at step {best[2]}"
+                f"{BEST_MODEL_NAME}: best {best['metric']} ({best['value']:.4g}) at step {best['step']}"
                 if best
                 else f"model.pt: step {history[-1]['step']}"
             ),

@@ -29,8 +29,13 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     with hydra_job_guard(), quiet_third_party():  # run_training removes a run dir that never started
         resolved = validate_train_config(cfg)
-        from agents.trainer import best_validation
-        from crystal_env.training.rl import BEST_MODEL_NAME, default_run_dir, explicit_keys, run_training
+        from crystal_env.training.rl import (
+            BEST_MODEL_NAME,
+            best_model_meta,
+            default_run_dir,
+            explicit_keys,
+            run_training,
+        )
 
         baseline = validate_train_config(hydra.compose("train"))  # the same config without command-line overrides
         explicit = explicit_keys(HydraConfig.get().overrides.task, resolved, baseline)
@@ -43,9 +48,10 @@ def main(cfg: DictConfig) -> None:
     print(f"run directory: {resolved['run_dir']}")
     print(f"elapsed: {_duration(time.perf_counter() - start)} (times depend on the machine and its load)")
     print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith(("train/reward", "val/"))))
-    best = best_validation(history, resolved["trainer"].get("best_metric"), resolved["trainer"].get("best_mode", "max"))
+    best = best_model_meta(resolved["run_dir"]) if resolved["trainer"].get("best_metric") else None
     if best is not None:
-        print(f"best: {best[0]}={best[1]:.4g} at step {best[2]}: {Path(resolved['run_dir']) / BEST_MODEL_NAME}")
+        path = Path(resolved["run_dir"]) / BEST_MODEL_NAME
+        print(f"best: {best['metric']}={best['value']:.4g} at step {best['step']}: {path}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 def test_best_metric_exports_the_model_of_the_best_validation(mode, tmp_path):
     """``trainer.best_metric``: model_best.pt holds the weights of the validation with the best value
     (the first one, on ties) and says which; the checkpoint keeps it for a resume."""
-    from agents.trainer import best_validation
+    from crystal_env.training.rl import best_model_meta
 
     steps = ["trainer.max_steps=4", "trainer.val_every=1", "trainer.checkpoint_every=4"]
     cfg = config(tmp_path, "reward=atomic_density", *TINY, *steps, "trainer.best_metric=val/atomic_density")
@@ -102,10 +102,10 @@ def test_best_metric_exports_the_model_of_the_best_validation(mode, tmp_path):
     history = run_training(cfg)
     vals = [h["val/atomic_density"] for h in history]
     expected = (max if mode == "max" else min)(vals)
-    metric, value, step = best_validation(history, "val/atomic_density", mode)
-    assert (metric, value, step) == ("val/atomic_density", expected, vals.index(expected))
+    step = vals.index(expected)
     best = torch.load(tmp_path / "model_best.pt", weights_only=False)
     assert best["meta"] == {"metric": "val/atomic_density", "mode": mode, "value": expected, "step": step}
+    assert best_model_meta(tmp_path) == best["meta"]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["best"] == best["meta"]
     final = torch.load(tmp_path / "model.pt", weights_only=False)
     same = all(torch.equal(v, final["denoiser_state"][k]) for k, v in best["denoiser_state"].items())
@@ -127,6 +127,24 @@ def test_resume_keeps_the_best_validation(tmp_path):
     run_training(config(tmp_path / "split", *common, "trainer.max_steps=3", f"resume={tmp_path / 'split'}"))
     full, split = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["best"] for d in ("full", "split"))
     assert full == split and full["step"] == 0
+
+
+def test_resume_with_another_best_mode_starts_the_best_over(tmp_path):
+    """The trainer forgets a best of another metric or mode on resume; model_best.pt and what the CLI and
+    the reproduce script report (``best_model_meta``) then name a validation after the resume."""
+    from crystal_env.training.rl import best_model_meta
+
+    common = ["reward=atomic_density", *TINY, "trainer.val_every=1", "trainer.best_metric=val/atomic_density"]
+    run_training(config(tmp_path, *common, "trainer.best_mode=min", "trainer.max_steps=2"))
+    assert best_model_meta(tmp_path)["mode"] == "min"
+    history = run_training(
+        config(tmp_path, *common, "trainer.best_mode=max", "trainer.max_steps=4", f"resume={tmp_path}")
+    )
+    best = best_model_meta(tmp_path)
+    after = [h for h in history if h["step"] > 2]
+    assert best == torch.load(tmp_path / "checkpoint.pt", weights_only=False)["best"]
+    assert best["mode"] == "max" and best["step"] > 2
+    assert best["value"] == max(h["val/atomic_density"] for h in after)
 
 
 def test_unknown_best_metric_lists_the_validation_metrics(tmp_path):

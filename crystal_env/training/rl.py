@@ -182,6 +182,13 @@ def _wandb_reachable() -> bool:
     return True
 
 
+def best_model_meta(run_dir: str | Path) -> dict[str, Any] | None:
+    """What ``model_best.pt`` in ``run_dir`` holds (metric, mode, value, step), read from the file
+    itself so that it names the weights a user will load; None when the run wrote none."""
+    path = Path(run_dir) / BEST_MODEL_NAME
+    return torch.load(path, map_location="cpu", weights_only=True)["meta"] if path.is_file() else None
+
+
 def crystal_hooks(model: CrystalLDM):
     """Validation: write a few decoded crystals as CIFs; checkpoint: export ``model.pt`` (LDM format,
     readable by ``load_model`` and ``scripts/sample.py``); best (``trainer.best_metric``): export the
