@@ -25,6 +25,7 @@ COMMANDS = {
     "plot-training": "crystal_rl.plot_training",
     "reproduce": "crystal_rl.reproduce",
     "validate-hull": "crystal_rl.validate_hull",
+    "interpolate": "crystal_rl.interpolate",
 }
 
 

@@ -192,3 +192,90 @@ def test_schedule_tables_are_buffers_that_follow_the_model(tiny_model):
     assert not any(k.startswith("schedule.") for k in tiny_model.state_dict())  # rebuilt, never saved
     moved = tiny_model.to("meta")
     assert moved.schedule.timesteps.device.type == "meta" and moved.schedule.dir_coef.device.type == "meta"
+
+
+def _perturbed(model, scale: float = 0.1):
+    """A copy of ``model`` with every floating denoiser weight shifted: a stand-in for a fine-tuned one."""
+    import copy
+
+    tuned = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tuned.denoiser.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return tuned
+
+
+def test_interpolation_is_the_base_the_tuned_model_and_the_line_between(tiny_model):
+    from crystal_env.models.interpolate import interpolate_models
+
+    tuned = _perturbed(tiny_model)
+    base_w, tuned_w = tiny_model.denoiser.state_dict(), tuned.denoiser.state_dict()
+    for weight, expected in ((0.0, base_w), (1.0, tuned_w)):
+        got = interpolate_models(tiny_model, tuned, weight).denoiser.state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in got)
+    half = interpolate_models(tiny_model, tuned, 0.5)
+    for k, v in half.denoiser.state_dict().items():
+        torch.testing.assert_close(v, (base_w[k] + tuned_w[k]) / 2)
+    assert all(torch.equal(v, tuned_w[k]) for k, v in tuned.denoiser.state_dict().items())  # inputs untouched
+    assert half.latent_mean is not tuned.latent_mean  # a new model, not a view of the tuned one
+    z = torch.randn(2, tiny_model.max_atoms, tiny_model.denoiser.config.latent_dim)
+    mask = torch.ones(2, tiny_model.max_atoms, dtype=torch.bool)
+    t = torch.full((2,), 500)
+    with torch.no_grad():  # the denoiser of w = 0.5 is a different function from both ends
+        outs = [m.denoiser(z, t, mask) for m in (tiny_model, half, tuned)]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+
+
+def test_interpolation_refuses_models_of_another_base_and_bad_weights(tiny_model):
+    from crystal_env.models.interpolate import interpolate_models
+
+    other = load_model("perov5_tiny")
+    with pytest.raises(ValueError, match="Cannot interpolate these models: different"):
+        interpolate_models(tiny_model, other, 0.5)
+    shifted = _perturbed(tiny_model)
+    shifted.latent_std.mul_(2)
+    with pytest.raises(ValueError, match="different latent_std"):
+        interpolate_models(tiny_model, shifted, 0.5)
+    for weight in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            interpolate_models(tiny_model, _perturbed(tiny_model), weight)
+
+
+def test_interpolate_cli_writes_a_loadable_model(tmp_path):
+    from crystal_rl.interpolate import main
+
+    tuned = _perturbed(load_model("mp20_tiny"))
+    tuned.save(tmp_path / "tuned.pt", meta={"step": 7})
+    main(
+        [
+            "--base",
+            "mp20_tiny",
+            "--tuned",
+            str(tmp_path / "tuned.pt"),
+            "--weight",
+            "0.25",
+            "--out",
+            str(tmp_path / "m.pt"),
+        ]
+    )
+    state = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert state["meta"]["interpolated"]["weight"] == 0.25
+    assert state["meta"]["interpolated"]["tuned"] == str(tmp_path / "tuned.pt")
+    merged, base = load_model(tmp_path / "m.pt").denoiser.state_dict(), load_model("mp20_tiny").denoiser.state_dict()
+    for k, v in merged.items():
+        torch.testing.assert_close(v, 0.75 * base[k] + 0.25 * tuned.denoiser.state_dict()[k])
+    with pytest.raises(SystemExit, match="different"):
+        main(
+            [
+                "--base",
+                "perov5_tiny",
+                "--tuned",
+                str(tmp_path / "tuned.pt"),
+                "--weight",
+                "1",
+                "--out",
+                str(tmp_path / "x.pt"),
+            ]
+        )
+    assert not (tmp_path / "x.pt").exists()
