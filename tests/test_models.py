@@ -261,7 +261,7 @@ def test_interpolate_cli_writes_a_loadable_model(tmp_path):
     )
     state = torch.load(tmp_path / "m.pt", weights_only=False)
     assert state["meta"]["interpolated"]["weight"] == 0.25
-    assert state["meta"]["interpolated"]["tuned"] == str(tmp_path / "tuned.pt")
+    assert state["meta"]["interpolated"]["tuned"] == [str(tmp_path / "tuned.pt")]
     merged, base = load_model(tmp_path / "m.pt").denoiser.state_dict(), load_model("mp20_tiny").denoiser.state_dict()
     for k, v in merged.items():
         torch.testing.assert_close(v, 0.75 * base[k] + 0.25 * tuned.denoiser.state_dict()[k])
@@ -279,3 +279,31 @@ def test_interpolate_cli_writes_a_loadable_model(tmp_path):
             ]
         )
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_average_models_is_the_mean_of_the_denoisers(tiny_model, tmp_path):
+    from crystal_env.models.interpolate import average_models
+    from crystal_rl.interpolate import main
+
+    runs = [_perturbed(tiny_model, scale) for scale in (0.1, 0.2, 0.6)]
+    states = [r.denoiser.state_dict() for r in runs]
+    soup = average_models(runs).denoiser.state_dict()
+    for k, v in soup.items():
+        torch.testing.assert_close(v, (states[0][k] + states[1][k] + states[2][k]) / 3)
+    one = average_models(runs[:1]).denoiser.state_dict()
+    assert all(torch.equal(v, states[0][k]) for k, v in one.items())
+    with pytest.raises(ValueError, match="model 1 vs model 0: different"):
+        average_models([runs[0], load_model("perov5_tiny")])
+    with pytest.raises(ValueError, match="at least one"):
+        average_models([])
+    base = load_model("mp20_tiny")  # the CLI: base + weight * (mean of the runs - base)
+    paths = []
+    for i, scale in enumerate((0.1, 0.3)):
+        _perturbed(base, scale).save(tmp_path / f"run{i}.pt")
+        paths.append(str(tmp_path / f"run{i}.pt"))
+    main(["--base", "mp20_tiny", "--tuned", *paths, "--weight", "0.5", "--out", str(tmp_path / "soup.pt")])
+    got = load_model(tmp_path / "soup.pt").denoiser.state_dict()
+    ends = [load_model(p).denoiser.state_dict() for p in paths]
+    for k, v in base.denoiser.state_dict().items():
+        torch.testing.assert_close(got[k], 0.5 * v + 0.25 * ends[0][k] + 0.25 * ends[1][k])
+    assert torch.load(tmp_path / "soup.pt", weights_only=False)["meta"]["interpolated"]["tuned"] == paths

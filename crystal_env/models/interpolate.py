@@ -1,15 +1,18 @@
-"""Weight interpolation between a base LDM and a fine-tuned one (WiSE-FT style).
+"""Weight interpolation between a base LDM and a fine-tuned one (WiSE-FT style), and weight averages
+of several fine-tuned ones (a uniform "model soup").
 
-A fine-tuned denoiser and its base share the VAE and the latent statistics (RL trains the denoiser
+Fine-tuned denoisers and their base share the VAE and the latent statistics (RL trains the denoiser
 only), so ``(1 - w) * base + w * tuned`` on the denoiser's weights is a model again: ``w = 0`` is the
 base, ``w = 1`` the fine-tuned model, values in between trade reward for closeness to the base without
-retraining, values above 1 extrapolate.
+retraining, values above 1 extrapolate. Averaging runs of different seeds keeps what they share and
+averages out where each run drifted on its own.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -45,4 +48,24 @@ def interpolate_models(base: CrystalLDM, tuned: CrystalLDM, weight: float) -> Cr
         for k, v in tuned.denoiser.state_dict().items()
     }
     out.denoiser.load_state_dict(merged)
+    return out.eval()
+
+
+def average_models(models: Sequence[CrystalLDM]) -> CrystalLDM:
+    """A copy of the first model whose denoiser weights are the mean of all ``models``' (fine-tuned
+    from one base: checked as for :func:`interpolate_models`)."""
+    if not models:
+        raise ValueError("average_models needs at least one model")
+    first = models[0]
+    for i, other in enumerate(models[1:], start=1):
+        reason = _mismatch(first, other)
+        if reason:
+            raise ValueError(f"Cannot average these models: model {i} vs model 0: {reason}")
+    states = [m.denoiser.state_dict() for m in models]
+    out = copy.deepcopy(first)
+    mean = {
+        k: torch.stack([s[k].to(v) for s in states]).mean(0) if v.is_floating_point() else v
+        for k, v in states[0].items()
+    }
+    out.denoiser.load_state_dict(mean)
     return out.eval()
