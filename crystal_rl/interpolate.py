@@ -18,7 +18,12 @@ from crystal_rl.common import non_negative_float
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="registered name or checkpoint path of the base model")
-    p.add_argument("--tuned", required=True, nargs="+", help="fine-tuned model(s): checkpoint paths or run directories")
+    p.add_argument(
+        "--tuned",
+        required=True,
+        nargs="+",
+        help="fine-tuned model(s): checkpoint paths (e.g. <run_dir>/model_best.pt); a run directory means its model.pt",
+    )
     p.add_argument("--weight", type=non_negative_float, required=True, help="0: base, 1: fine-tuned")
     p.add_argument("--out", required=True, help="model file to write (e.g. merged.pt)")
     return p
@@ -33,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tuned = average_models([load_model(t) for t in args.tuned])
         merged = interpolate_models(load_model(args.base), tuned, args.weight)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # wrong models, missing or damaged files
         raise SystemExit(f"crystal-rl-interpolate: {exc}") from exc
     sources = {"base": str(resolve_model_path(args.base)), "tuned": [str(resolve_model_path(t)) for t in args.tuned]}
     merged.save(args.out, meta={"interpolated": {**sources, "weight": args.weight}})

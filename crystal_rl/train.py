@@ -24,18 +24,23 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {sec} s" if minutes else f"{sec} s"
 
 
+def best_model_line(run_dir: str | Path) -> str | None:
+    """The run's ``best:`` line, from what its ``model_best.pt`` holds (also after a resume that did not
+    repeat ``trainer.best_metric``: the run continues with the saved config); None without that file."""
+    from crystal_env.training.rl import BEST_MODEL_NAME, best_model_meta
+
+    best = best_model_meta(run_dir)
+    if best is None:
+        return None
+    return f"best: {best['metric']}={best['value']:.4g} at step {best['step']}: {Path(run_dir) / BEST_MODEL_NAME}"
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     with hydra_job_guard(), quiet_third_party():  # run_training removes a run dir that never started
         resolved = validate_train_config(cfg)
-        from crystal_env.training.rl import (
-            BEST_MODEL_NAME,
-            best_model_meta,
-            default_run_dir,
-            explicit_keys,
-            run_training,
-        )
+        from crystal_env.training.rl import default_run_dir, explicit_keys, run_training
 
         baseline = validate_train_config(hydra.compose("train"))  # the same config without command-line overrides
         explicit = explicit_keys(HydraConfig.get().overrides.task, resolved, baseline)
@@ -48,10 +53,9 @@ def main(cfg: DictConfig) -> None:
     print(f"run directory: {resolved['run_dir']}")
     print(f"elapsed: {_duration(time.perf_counter() - start)} (times depend on the machine and its load)")
     print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith(("train/reward", "val/"))))
-    best = best_model_meta(resolved["run_dir"]) if resolved["trainer"].get("best_metric") else None
-    if best is not None:
-        path = Path(resolved["run_dir"]) / BEST_MODEL_NAME
-        print(f"best: {best['metric']}={best['value']:.4g} at step {best['step']}: {path}")
+    line = best_model_line(resolved["run_dir"])
+    if line:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,15 @@ def test_interpolation_refuses_models_of_another_base_and_bad_weights(tiny_model
     shifted.latent_std.mul_(2)
     with pytest.raises(ValueError, match="different latent_std"):
         interpolate_models(tiny_model, shifted, 0.5)
+    other_vae = _perturbed(tiny_model)
+    with torch.no_grad():
+        next(other_vae.vae.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="different VAE weights"):
+        interpolate_models(tiny_model, other_vae, 0.5)
+    other_counts = _perturbed(tiny_model)
+    other_counts.num_atoms_counts.add_(1)
+    with pytest.raises(ValueError, match="different num_atoms_counts"):
+        interpolate_models(tiny_model, other_counts, 0.5)
     for weight in (-0.1, float("nan")):
         with pytest.raises(ValueError, match="finite number >= 0"):
             interpolate_models(tiny_model, _perturbed(tiny_model), weight)
@@ -279,6 +288,10 @@ def test_interpolate_cli_writes_a_loadable_model(tmp_path):
             ]
         )
     assert not (tmp_path / "x.pt").exists()
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    for bad, why in ((tmp_path / "missing.pt", "looked at"), (tmp_path / "tensor.pt", "Not a crystal_env LDM")):
+        with pytest.raises(SystemExit, match=why):
+            main(["--base", "mp20_tiny", "--tuned", str(bad), "--weight", "1", "--out", str(tmp_path / "x.pt")])
 
 
 def test_average_models_is_the_mean_of_the_denoisers(tiny_model, tmp_path):

@@ -130,21 +130,26 @@ def test_resume_keeps_the_best_validation(tmp_path):
 
 
 def test_resume_with_another_best_mode_starts_the_best_over(tmp_path):
-    """The trainer forgets a best of another metric or mode on resume; model_best.pt and what the CLI and
-    the reproduce script report (``best_model_meta``) then name a validation after the resume."""
+    """The trainer forgets a best of another metric or mode on resume; model_best.pt, and what the CLI
+    (``best_model_line``) and the reproduce script report from it, then name a validation after the
+    resume, although the whole history's minimum (the base model, step 0: density rises here) is older."""
     from crystal_env.training.rl import best_model_meta
+    from crystal_rl.train import best_model_line
 
     common = ["reward=atomic_density", *TINY, "trainer.val_every=1", "trainer.best_metric=val/atomic_density"]
-    run_training(config(tmp_path, *common, "trainer.best_mode=min", "trainer.max_steps=2"))
-    assert best_model_meta(tmp_path)["mode"] == "min"
+    run_training(config(tmp_path, *common, "trainer.best_mode=max", "trainer.max_steps=2"))
+    assert best_model_meta(tmp_path)["mode"] == "max"
     history = run_training(
-        config(tmp_path, *common, "trainer.best_mode=max", "trainer.max_steps=4", f"resume={tmp_path}")
+        config(tmp_path, *common, "trainer.best_mode=min", "trainer.max_steps=4", f"resume={tmp_path}")
     )
     best = best_model_meta(tmp_path)
-    after = [h for h in history if h["step"] > 2]
+    after = [h["val/atomic_density"] for h in history if h["step"] > 2]
     assert best == torch.load(tmp_path / "checkpoint.pt", weights_only=False)["best"]
-    assert best["mode"] == "max" and best["step"] > 2
-    assert best["value"] == max(h["val/atomic_density"] for h in after)
+    assert best["mode"] == "min" and best["step"] > 2 and best["value"] == min(after)
+    assert min(h["val/atomic_density"] for h in history) < best["value"]  # the history alone would name step 0
+    line = best_model_line(tmp_path)
+    assert line == f"best: val/atomic_density={best['value']:.4g} at step {best['step']}: {tmp_path / 'model_best.pt'}"
+    assert best_model_line(tmp_path / "nothing") is None
 
 
 def test_unknown_best_metric_lists_the_validation_metrics(tmp_path):

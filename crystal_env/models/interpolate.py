@@ -28,14 +28,16 @@ def _mismatch(base: CrystalLDM, tuned: CrystalLDM) -> str | None:
         if not torch.equal(getattr(base, name).cpu(), getattr(tuned, name).cpu()):
             return f"different {name} (not fine-tuned from the same base)"
     vae_base, vae_tuned = base.vae.state_dict(), tuned.vae.state_dict()
-    if vae_base.keys() != vae_tuned.keys() or any(not torch.equal(v, vae_tuned[k]) for k, v in vae_base.items()):
+    if vae_base.keys() != vae_tuned.keys() or any(
+        not torch.equal(v.cpu(), vae_tuned[k].cpu()) for k, v in vae_base.items()
+    ):
         return "different VAE weights (not fine-tuned from the same base)"
     return None
 
 
 def interpolate_models(base: CrystalLDM, tuned: CrystalLDM, weight: float) -> CrystalLDM:
-    """A copy of ``tuned`` whose denoiser weights are ``(1 - weight) * base + weight * tuned``; the
-    VAE, latent statistics and sampler are ``tuned``'s (checked equal to the base's)."""
+    """A copy of ``tuned`` whose denoiser weights are ``(1 - weight) * base + weight * tuned``. The VAE
+    and latent statistics must equal the base's (checked); the sampler settings are ``tuned``'s."""
     if not math.isfinite(weight) or weight < 0:
         raise ValueError(f"weight must be a finite number >= 0 (0: base, 1: fine-tuned), got {weight}")
     reason = _mismatch(base, tuned)
@@ -53,7 +55,7 @@ def interpolate_models(base: CrystalLDM, tuned: CrystalLDM, weight: float) -> Cr
 
 def average_models(models: Sequence[CrystalLDM]) -> CrystalLDM:
     """A copy of the first model whose denoiser weights are the mean of all ``models``' (fine-tuned
-    from one base: checked as for :func:`interpolate_models`)."""
+    from one base: checked as for :func:`interpolate_models`); the sampler settings are the first's."""
     if not models:
         raise ValueError("average_models needs at least one model")
     first = models[0]

@@ -174,6 +174,8 @@ class CrystalLDM(nn.Module):
 
     @classmethod
     def from_state(cls, state: dict) -> CrystalLDM:
+        if not isinstance(state, dict):
+            raise ValueError(f"Not a crystal_env LDM checkpoint (a {type(state).__name__}, not a dict)")
         if state.get("format") != LDM_FORMAT:
             raise ValueError(f"Not a crystal_env LDM checkpoint (format {state.get('format')!r})")
         vae = load_vae_state(state)
