@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from atomic_io import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -57,27 +59,6 @@ def restore_global_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Delete ``.<name>.<pid>.tmp`` siblings of ``path`` left by writers that were killed mid-write."""
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
 def _with_digest(archive: bytes) -> bytes:
     if archive[-22:-18] != _EOCD or archive[-2:] != b"\x00\x00":  # not the zip layout torch.save writes
         return archive
@@ -88,16 +69,9 @@ def _with_digest(archive: bytes) -> bytes:
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``torch.save`` with a sha256 in the zip comment, written to a temp file in the same directory,
     fsynced and renamed: never a half-written file. Temp files of killed writers are removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(payload, buf)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(_with_digest(buf.getvalue()))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    remove_stale_temp_files(path)
+    atomic_write_bytes(path, _with_digest(buf.getvalue()))
 
 
 def resolve_checkpoint(path_or_dir: str | Path) -> Path:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from atomic_io import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -26,41 +28,6 @@ def data_dir() -> Path:
 def cache_dir() -> Path:
     """Directory for derived caches (parsed datasets, reference features): ``$CRYSTAL_ENV_CACHE``."""
     return Path(os.environ.get("CRYSTAL_ENV_CACHE", Path.home() / ".cache" / "crystal_env" / "cache"))
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Delete ``.<name>.<pid>.tmp`` siblings of ``path`` left by writers that died mid-write."""
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temp file, fsync and rename, so readers never see half a
-    file; temp files of writers that were killed mid-write are removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    remove_stale_temp_files(path)
 
 
 CACHE_MAGIC = b"crystal_env cache v1\n"

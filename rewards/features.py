@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from pymatgen.core import Structure
 
-from crystal_env import CrystalLDM, load_model
 from crystal_env.crystals.batch import MAX_ATOMIC_NUMBER
+from crystal_env.models import CrystalLDM, load_model
 from rewards.safety import note_failure, suspended
 
 FEATURE_KINDS = ("structure", "composition")

@@ -22,9 +22,9 @@ import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from crystal_env import CrystalLDM
 from crystal_env.data import load_dataset
 from crystal_env.data.csv_reader import file_sha256
+from crystal_env.models import CrystalLDM
 from crystal_env.models.registry import resolve_model_path
 from crystal_env.paths import cache_dir, cached
 from rewards import features, novelty

@@ -231,7 +231,7 @@ def test_atomic_writes_remove_temp_files_of_dead_writers(tmp_path):
     import subprocess
     import sys
 
-    from crystal_env.paths import atomic_write_bytes
+    from atomic_io import atomic_write_bytes
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     target = tmp_path / "file.bin"

@@ -63,6 +63,7 @@ def test_wheel_ships_configs_checkpoints_data_and_console_commands(installed):
         "crystal_rl/configs/predictor/band_gap.yaml",
         "crystal_env/checkpoints/mp20_tiny.pt",
         "crystal_env/data/bundled/mp20_sample/train.csv",
+        "atomic_io/__init__.py",
     ):
         assert name in files, name
     assert not any(n.startswith(("tests/", "scripts/", "configs/")) for n in files)

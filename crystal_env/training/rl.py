@@ -25,13 +25,13 @@ import yaml
 from torchrl.record.loggers import CSVLogger, Logger
 
 from agents.base import Agent
-from agents.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, remove_stale_temp_files, resolve_checkpoint
+from agents.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, resolve_checkpoint
 from agents.factory import build_agent
 from agents.trainer import Trainer, TrainerConfig
+from atomic_io import atomic_write_bytes, remove_stale_temp_files
 from crystal_env.env import CrystalDiffusionEnv
 from crystal_env.factory import build_reward_fn, make_env
 from crystal_env.models.ldm import CrystalLDM
-from crystal_env.paths import atomic_write_bytes
 from crystal_env.policy import make_policy, make_reference_policy
 from crystal_env.reward_protocol import RewardFn
 
