@@ -37,6 +37,7 @@ class TrainerConfig:
     progress: bool = True
     best_metric: str | None = None  # a validation metric (e.g. "val/reward") whose best value is kept
     best_mode: str = "max"  # "max" or "min": which direction of best_metric is better
+    snapshot_every: int = 0  # > 0: call the "snapshot" hooks every this many steps (a copy of the policy per step)
 
 
 class NaNLossError(RuntimeError):
@@ -71,8 +72,9 @@ class Trainer:
 
     ``hooks`` are called as ``hook(event, step, run_dir, data)`` with event ``"validation"`` (data:
     the validation trajectories), ``"checkpoint"`` (data: None) and, with ``cfg.best_metric`` set,
-    ``"best"`` (data: ``{"metric", "mode", "value", "step"}``) whenever a validation improves on it, for
-    domain-specific outputs (e.g. a copy of the model at its best validation score).
+    ``"best"`` (data: ``{"metric", "mode", "value", "step"}``) whenever a validation improves on it and,
+    with ``cfg.snapshot_every`` > 0, ``"snapshot"`` (data: None) every that many steps, for
+    domain-specific outputs (e.g. a copy of the model at its best validation score, or at every snapshot).
     """
 
     def __init__(
@@ -96,6 +98,8 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"metric", "mode", "value", "step"} of the best validation
         if cfg.best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {cfg.best_mode!r}")
+        if cfg.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {cfg.snapshot_every}")
         if cfg.best_metric is not None and val_env is None:
             raise ValueError(f"best_metric={cfg.best_metric!r} needs validation (a val_env), and there is none")
         self._resume_state: dict[str, Any] | None = None
@@ -239,6 +243,9 @@ class Trainer:
                 self.log(record)
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['train/reward']:.3f}", kl=f"{record.get('train/kl_div', 0.0):.2e}")
+                if self.cfg.snapshot_every and self.step % self.cfg.snapshot_every == 0 and _is_main():
+                    for hook in self.hooks:
+                        hook("snapshot", self.step, self.run_dir, None)
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.max_steps:
                     self.save()
             if stop.is_set():

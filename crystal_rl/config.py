@@ -37,6 +37,7 @@ class TrainerSchema:
     val_batch_size: int = rule(ge=0)  # 0: no validation
     best_metric: Optional[str] = None  # noqa: UP045 - OmegaConf 2.3 needs typing.Optional
     best_mode: str = rule("max", choices=("max", "min"))
+    snapshot_every: int = rule(0, ge=0)  # 0: no snapshots
 
 
 @dataclass

@@ -59,6 +59,7 @@ def test_other_programs_configs_validate(name):
         ("env.group_size=0", r"'env.group_size' is 0, out of range: must be >= 1"),
         ("trainer.checkpoint_every=0", r"'trainer.checkpoint_every' is 0, out of range: must be >= 1"),
         ("trainer.val_every=0", r"'trainer.val_every' is 0, out of range: must be >= 1"),
+        ("trainer.snapshot_every=-1", r"'trainer.snapshot_every' is -1, out of range: must be >= 0"),
         ("trainer.max_steps=abc", r"'trainer.max_steps'.*'abc'.*Integer"),
         ("env.batch_size=30", r"'env.batch_size' \(30\) must be a multiple of env.group_size \(8\)"),
         ("env.sampler=ddpx", r"'env.sampler': 'ddpx'; valid: \['ddim', 'ddpm'\]"),

@@ -152,6 +152,24 @@ def test_resume_with_another_best_mode_starts_the_best_over(tmp_path):
     assert best_model_line(tmp_path / "nothing") is None
 
 
+def test_snapshots_save_the_model_every_n_steps_for_weight_averaging(tmp_path):
+    """``trainer.snapshot_every=2``: ``snapshots/step_00002.pt`` and ``step_00004.pt``, loadable models of
+    those steps (the last is ``model.pt``), which ``average_models`` turns into their mean."""
+    from crystal_env.models import load_model
+    from crystal_env.models.interpolate import average_models
+
+    run_training(config(tmp_path, "reward=atomic_density", *TINY, "trainer.max_steps=4", "trainer.snapshot_every=2"))
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["step_00002.pt", "step_00004.pt"]
+    early, last, final = (load_model(p) for p in (*sorted((tmp_path / "snapshots").iterdir()), tmp_path / "model.pt"))
+    weights = [m.denoiser.state_dict() for m in (early, last, final)]
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[2])
+    moved = [k for k, v in weights[1].items() if v.is_floating_point() and not torch.equal(weights[0][k], v)]
+    assert moved  # trained in between
+    mean = average_models([early, last]).denoiser.state_dict()
+    k = moved[0]
+    torch.testing.assert_close(mean[k], (weights[0][k] + weights[1][k]) / 2)
+
+
 def test_unknown_best_metric_lists_the_validation_metrics(tmp_path):
     cfg = config(tmp_path, "reward=atomic_density", *TINY, "trainer.max_steps=2", "trainer.best_metric=val/nope")
     with pytest.raises(ValueError, match=r"val/nope.*valid: .*'val/reward'"):

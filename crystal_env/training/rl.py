@@ -38,6 +38,7 @@ from crystal_env.reward_protocol import RewardFn
 log = logging.getLogger(__name__)
 NUM_VALIDATION_CIFS = 8
 BEST_MODEL_NAME = "model_best.pt"
+SNAPSHOT_DIR = "snapshots"
 # Changing these on resume makes the run no longer an exact continuation of the saved one.
 PROTECTED_KEYS = ("env", "reward", "agent", "policy", "seed")
 # Per-invocation keys, never restored from a checkpoint.
@@ -192,7 +193,8 @@ def best_model_meta(run_dir: str | Path) -> dict[str, Any] | None:
 def crystal_hooks(model: CrystalLDM):
     """Validation: write a few decoded crystals as CIFs; checkpoint: export ``model.pt`` (LDM format,
     readable by ``load_model`` and ``scripts/sample.py``); best (``trainer.best_metric``): export the
-    weights of the best validation so far as ``model_best.pt`` (its meta: metric, mode, value, step)."""
+    weights of the best validation so far as ``model_best.pt`` (its meta: metric, mode, value, step);
+    snapshot (``trainer.snapshot_every``): export the model of this step as ``snapshots/step_NNNNN.pt``."""
 
     def hook(event: str, step: int, run_dir: Path, data: Any) -> None:
         if event == "validation":
@@ -205,6 +207,8 @@ def crystal_hooks(model: CrystalLDM):
             model.save(run_dir / "model.pt", meta={"step": step})
         elif event == "best":
             model.save(run_dir / BEST_MODEL_NAME, meta=data)
+        elif event == "snapshot":
+            model.save(run_dir / SNAPSHOT_DIR / f"step_{step:05d}.pt", meta={"step": step})
 
     return hook
 
