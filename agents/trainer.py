@@ -37,7 +37,7 @@ class TrainerConfig:
     progress: bool = True
     best_metric: str | None = None  # a validation metric (e.g. "val/reward") whose best value is kept
     best_mode: str = "max"  # "max" or "min": which direction of best_metric is better
-    snapshot_every: int = 0  # > 0: call the "snapshot" hooks every this many steps (a copy of the policy per step)
+    snapshot_every: int = 0  # > 0: call the "snapshot" hooks every this many steps (a copy of the policy per snapshot)
 
 
 class NaNLossError(RuntimeError):

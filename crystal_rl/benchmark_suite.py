@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from atomic_io import atomic_write_bytes
 from crystal_env.config import CONFIG_DIR, config_names, load_config
-from crystal_env.paths import atomic_write_bytes
 from crystal_rl.common import git_commit, machine_info, quiet_third_party
 from crystal_rl.config import ConfigError, compose_config, validate_suite_config, validate_train_config
 

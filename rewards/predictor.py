@@ -11,7 +11,7 @@ import torch
 from pymatgen.core import Structure
 from torch import nn
 
-from crystal_env.paths import atomic_write_bytes
+from atomic_io import atomic_write_bytes
 from rewards.features import encodable, get_model
 from rewards.metrics import RewardBatch, register_metric
 from rewards.safety import suspended

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV_CORE = ["crystals", "data", "models", "env.py", "policy.py", "paths.py", "reward_protocol.py", "sampling.py"]
+ENV_CORE = [
+    "crystals",
+    "data",
+    "models",
+    "env.py",
+    "policy.py",
+    "paths.py",
+    "reward_protocol.py",
+    "sampling.py",
+    "config.py",
+]
 
 
 def _modules(*parts: str) -> list[Path]:

@@ -170,6 +170,20 @@ def test_snapshots_save_the_model_every_n_steps_for_weight_averaging(tmp_path):
     torch.testing.assert_close(mean[k], (weights[0][k] + weights[1][k]) / 2)
 
 
+def test_resume_drops_snapshots_after_the_checkpointed_step(tmp_path):
+    """Snapshots newer than the checkpoint a run resumes from belong to a discarded trajectory: they
+    are removed (here the resumed run snapshots every 2nd step, so step 3 would otherwise stay), so a
+    step range of snapshots never mixes two runs."""
+    common = ["reward=atomic_density", *TINY, "trainer.snapshot_every=1", "trainer.checkpoint_every=2"]
+    run_training(config(tmp_path, *common, "trainer.max_steps=2"))
+    stale = tmp_path / "snapshots" / "step_00003.pt"  # as left by a run killed after step 3
+    stale.write_bytes((tmp_path / "snapshots" / "step_00002.pt").read_bytes())
+    before = (tmp_path / "snapshots" / "step_00002.pt").read_bytes()
+    run_training(config(tmp_path, *common, "trainer.max_steps=4", "trainer.snapshot_every=2", f"resume={tmp_path}"))
+    assert sorted(p.name for p in stale.parent.iterdir()) == ["step_00001.pt", "step_00002.pt", "step_00004.pt"]
+    assert (tmp_path / "snapshots" / "step_00002.pt").read_bytes() == before  # kept
+
+
 def test_unknown_best_metric_lists_the_validation_metrics(tmp_path):
     cfg = config(tmp_path, "reward=atomic_density", *TINY, "trainer.max_steps=2", "trainer.best_metric=val/nope")
     with pytest.raises(ValueError, match=r"val/nope.*valid: .*'val/reward'"):

@@ -8,8 +8,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from atomic_io import atomic_write_bytes
 from crystal_env.data.csv_reader import CrystalDataset, file_sha256, load_crystal_csv
-from crystal_env.paths import BUNDLED_DATA_DIR, atomic_write_bytes, data_dir
+from crystal_env.paths import BUNDLED_DATA_DIR, data_dir
 
 SPLITS = ("train", "val", "test")
 MP20_URL = "https://raw.githubusercontent.com/txie-93/cdvae/main/data/mp_20"

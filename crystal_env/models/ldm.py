@@ -15,6 +15,7 @@ from pymatgen.core import Structure
 from tensordict import TensorDict
 from torch import nn
 
+from atomic_io import atomic_write_bytes
 from crystal_env.crystals.batch import batch_to_structures, structures_to_batch
 from crystal_env.models.denoiser import DenoiserConfig, DiTDenoiser
 from crystal_env.models.diffusion import (
@@ -24,7 +25,6 @@ from crystal_env.models.diffusion import (
     cosine_alphas_cumprod,
 )
 from crystal_env.models.vae import CrystalVAE, VAEConfig
-from crystal_env.paths import atomic_write_bytes
 
 LDM_FORMAT = "crystal_env.ldm/1"
 VAE_FORMAT = "crystal_env.vae/1"

@@ -16,9 +16,9 @@ import torch
 from tensordict import TensorDict
 from tqdm.auto import tqdm
 
+from atomic_io import atomic_write_bytes
 from crystal_env.crystals.batch import trim_atoms
 from crystal_env.models.layers import used_length
-from crystal_env.paths import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

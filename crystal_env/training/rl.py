@@ -273,9 +273,21 @@ def _open_train_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def drop_snapshots_after(snapshots: Path, last: int) -> list[str]:
+    """Delete ``step_NNNNN.pt`` snapshots of steps after ``last`` (a resume retrains them, perhaps
+    differently; -1: a fresh run, all of them), so averaging a step range never mixes trajectories."""
+    dropped = []
+    for path in sorted(snapshots.glob("step_*.pt")) if snapshots.is_dir() else []:
+        step = path.stem.removeprefix("step_")
+        if step.isdigit() and int(step) > last:
+            path.unlink()
+            dropped.append(path.name)
+    return dropped
+
+
 def _prepare_run_dir(run_dir: Path, cfg: dict[str, Any], state: dict[str, Any] | None) -> None:
-    """Under the lock: refuse to start afresh over another run, drop log rows a resume will
-    rewrite, remove temp files of killed writers, write ``config.yaml``."""
+    """Under the lock: refuse to start afresh over another run, drop log rows and snapshots a resume
+    will rewrite, remove temp files of killed writers, write ``config.yaml``."""
     checkpoint = run_dir / CHECKPOINT_NAME
     if state is None and checkpoint.is_file():
         raise FileExistsError(
@@ -292,6 +304,11 @@ def _prepare_run_dir(run_dir: Path, cfg: dict[str, Any], state: dict[str, Any] |
             log.warning("Dropped %d CSV log row(s) of %s written after step %d (not checkpointed)", dropped, logs, last)
     for stale in remove_stale_temp_files(checkpoint):
         log.warning("Removed %s, left by a run killed while writing its checkpoint", stale)
+    dropped_snapshots = drop_snapshots_after(run_dir / SNAPSHOT_DIR, state["step"] if state is not None else -1)
+    if dropped_snapshots:
+        log.warning(
+            "Removed %d snapshot(s) written after the checkpointed step: %s", len(dropped_snapshots), dropped_snapshots
+        )
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
 
 
