@@ -194,9 +194,14 @@ class _Budget(AbstractContextManager):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self.frame is not None:
-            _CLOCK.pop(self.frame)
+        self.close()
         return False
+
+    def close(self) -> None:
+        """Remove this budget's deadline (once: a second call, e.g. after an alarm interrupted the
+        first, does nothing)."""
+        if self.frame is not None and any(f is self.frame for f in _CLOCK.frames):
+            _CLOCK.pop(self.frame)
 
     def owns(self, exc: BaseException) -> bool:
         return isinstance(exc, CrystalTimeout) and exc.frame is self.frame and self.frame is not None
@@ -245,11 +250,15 @@ class _CrystalScope(AbstractContextManager):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        _progress_exit(self.progress)
         try:
+            _progress_exit(self.progress)
             self.budget.__exit__(exc_type, exc, tb)
-        except CrystalTimeout as outer:  # an enclosing budget ran out: not this crystal's business
-            raise outer from exc
+        except CrystalTimeout as late:
+            self.budget.close()  # the alarm may have struck before the deadline was removed
+            _progress_exit(self.progress)
+            if not self.budget.owns(late):  # an enclosing budget ran out: not this crystal's business
+                raise late from exc
+            exc = exc if exc is not None else late  # this crystal's alarm, delivered as its block ended
         if exc is None:
             if self.budget.overran():  # no pre-emption here (not the main thread): fail it late
                 self._fail("timeout")
