@@ -225,11 +225,18 @@ def load_mp_formation_energies(path: str | Path = MP_FORMATION_ENERGIES_FILE) ->
     return frame["formula"].astype(str).tolist(), frame["target"].to_numpy(dtype=np.float64)
 
 
+def composition_key(composition: Composition | str) -> tuple[tuple[int, float], ...] | None:
+    """The fractional composition as sorted (Z, fraction) pairs: equal keys, equal reduced formulas."""
+    amounts = _parse_amounts(composition)
+    return _fraction_key(amounts) if amounts and sum(amounts.values()) > 0 else None
+
+
 @lru_cache(maxsize=1)
-def mp_reduced_formulas() -> frozenset[str]:
-    """Reduced formulas of every Materials Project composition in the bundled file."""
+def mp_composition_keys() -> frozenset[tuple[tuple[int, float], ...]]:
+    """:func:`composition_key` of every Materials Project composition in the bundled file, elements
+    included (parsed without pymatgen: 0.5 s instead of 15 s for ``Composition.reduced_formula``)."""
     formulas, _ = load_mp_formation_energies()
-    return frozenset(Composition(f).reduced_formula for f in set(formulas))
+    return frozenset(key for f in set(formulas) if (key := composition_key(f)) is not None)
 
 
 class PhaseDiagramHull:

@@ -20,7 +20,7 @@ from pymatgen.core import Structure
 
 from crystal_env.crystals.validity import structure_problem
 from rewards import features, novelty, parallel, safety
-from rewards.hull import FormationEnergyHull, mp_reduced_formulas
+from rewards.hull import FormationEnergyHull, composition_key, mp_composition_keys
 from rewards.mlip import get_mlip
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,8 @@ def _novel(batch: RewardBatch) -> np.ndarray:
 @register_metric("novel_formula")
 def _novel_formula(batch: RewardBatch) -> np.ndarray:
     """Valid and with a reduced formula that no Materials Project entry (bundled file) has."""
-    known = mp_reduced_formulas()
-    return np.array([s is not None and s.composition.reduced_formula not in known for s in batch.valid_structures])
+    known = mp_composition_keys()
+    return np.array([s is not None and composition_key(s.composition) not in known for s in batch.valid_structures])
 
 
 @register_metric("mlip_energy")

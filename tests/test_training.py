@@ -35,25 +35,24 @@ def val_density(history):
 
 @pytest.mark.parametrize("agent", ["grpo", "reinforce"])
 def test_policy_gradient_raises_atomic_density(agent, tmp_path):
-    """The learning check: validation density up by >= 20 % in a few CPU minutes, KL finite."""
+    """The learning check: validation density up by >= 20 % in 15 steps (~20 s on a CPU), KL finite.
+
+    Measured on 64 validation crystals (seed 0): GRPO 0.040 -> 0.059 (x 1.48), REINFORCE -> 0.055 (x 1.37)."""
     history = run_training(
         config(
             tmp_path,
             "reward=atomic_density",
             f"agent={agent}",
-            "trainer.max_steps=40",
-            "trainer.val_every=40",
-            "trainer.checkpoint_every=40",
+            "trainer.max_steps=15",
+            "trainer.val_every=15",
+            "trainer.checkpoint_every=15",
             "trainer.val_batch_size=64",
         )
     )
     before, after = val_density(history)
     kl = [h["train/kl_div"] for h in history if "train/kl_div" in h]
     assert all(torch.isfinite(torch.tensor(kl)))
-    if agent == "grpo":
-        assert after >= 1.2 * before, (before, after)
-    else:
-        assert after > before, (before, after)
+    assert after >= 1.2 * before, (before, after)
 
 
 def test_ppo_agent_completes_updates(tmp_path):
