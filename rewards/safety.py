@@ -77,7 +77,12 @@ class _Frame:
 
 class _AlarmClock:
     """Nested deadlines on one ``ITIMER_REAL`` timer; the handler raises :class:`CrystalTimeout` for
-    the outermost expired frame (everything inside it is abandoned)."""
+    the outermost expired frame (everything inside it is abandoned).
+
+    Invariant: a frame is removed before its timeout is raised, together with the frames nested in
+    it (pushed after it). A raise can strike anywhere in the abandoned blocks, their ``__exit__``
+    bookkeeping included; a frame left behind would stay expired and fail every later scope of the
+    process."""
 
     def __init__(self) -> None:
         self.frames: list[_Frame] = []
@@ -91,6 +96,7 @@ class _AlarmClock:
     def _arm(self) -> None:
         if not self.frames:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
             return
         remaining = min(f.deadline for f in self.frames) - time.monotonic()
         signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-4))
@@ -99,41 +105,48 @@ class _AlarmClock:
         now = time.monotonic()
         return next((f for f in self.frames if f.deadline <= now), None)
 
+    def _fire(self, frame: _Frame) -> CrystalTimeout:
+        """Remove ``frame`` and the frames nested in it, re-arm for the rest: the timeout to raise."""
+        self.busy = True
+        try:
+            del self.frames[self.frames.index(frame) :]
+            self._arm()
+        finally:
+            self.busy = False
+        return CrystalTimeout(frame)
+
     def _handler(self, signum: int, stack: Any) -> None:
-        if self.busy:  # inside push/pop: they re-check deadlines when done
+        if self.busy:  # inside push/pop/_fire: they re-check deadlines when done
             return
         frame = self._expired()
         if frame is None:
             self._arm()
             return
-        raise CrystalTimeout(frame)
+        raise self._fire(frame)
 
-    def push(self, seconds: float) -> _Frame:
+    def push(self, budget: _Budget) -> None:
+        """Start ``budget``'s deadline; its ``frame`` is set before an alarm can strike."""
         self.busy = True
         try:
             if not self.frames:
                 self.previous = signal.signal(signal.SIGALRM, self._handler)
-            frame = _Frame(seconds, time.monotonic() + seconds)
-            self.frames.append(frame)
+            budget.frame = _Frame(budget.seconds, time.monotonic() + budget.seconds)
+            self.frames.append(budget.frame)
             self._arm()
         finally:
             self.busy = False
-        return frame
 
     def pop(self, frame: _Frame) -> None:
         self.busy = True
         try:
-            self.frames.remove(frame)
-            if self.frames:
+            if frame in self.frames:  # gone: its timeout (or an enclosing one) already fired
+                self.frames.remove(frame)
                 self._arm()
-            else:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
         finally:
             self.busy = False
         expired = self._expired()  # an outer budget ran out while we were busy
         if expired is not None:
-            raise CrystalTimeout(expired)
+            raise self._fire(expired)
 
     def pause(self) -> tuple[list[_Frame], float]:
         self.busy = True
@@ -190,7 +203,7 @@ class _Budget(AbstractContextManager):
     def __enter__(self) -> _Budget:
         self.start = time.monotonic()
         if self.seconds is not None and _CLOCK.usable():
-            self.frame = _CLOCK.push(self.seconds)
+            _CLOCK.push(self)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -198,9 +211,9 @@ class _Budget(AbstractContextManager):
         return False
 
     def close(self) -> None:
-        """Remove this budget's deadline (once: a second call, e.g. after an alarm interrupted the
-        first, does nothing)."""
-        if self.frame is not None and any(f is self.frame for f in _CLOCK.frames):
+        """Remove this budget's deadline (once: a second call, or one after its timeout fired, does
+        nothing)."""
+        if self.frame is not None:
             _CLOCK.pop(self.frame)
 
     def owns(self, exc: BaseException) -> bool:
@@ -253,8 +266,7 @@ class _CrystalScope(AbstractContextManager):
         try:
             _progress_exit(self.progress)
             self.budget.__exit__(exc_type, exc, tb)
-        except CrystalTimeout as late:
-            self.budget.close()  # the alarm may have struck before the deadline was removed
+        except CrystalTimeout as late:  # struck before the deadline was removed; _fire removed it
             _progress_exit(self.progress)
             if not self.budget.owns(late):  # an enclosing budget ran out: not this crystal's business
                 raise late from exc

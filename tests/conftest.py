@@ -34,3 +34,13 @@ def tiny_model():
     den = DiTDenoiser(DenoiserConfig(latent_dim=4, d_model=32, num_layers=1), max_atoms=8)
     counts = torch.tensor([0, 1, 2, 3, 2, 1, 1, 0, 1], dtype=torch.float)
     return CrystalLDM(vae, den, torch.zeros(4), torch.ones(4), counts).eval()
+
+
+@pytest.fixture(autouse=True)
+def no_deadline_outlives_its_test():
+    """Every reward time budget is removed when its block ends, whatever struck inside it: a deadline
+    left behind would stay expired and fail every later crystal of the process."""
+    yield
+    from rewards import safety
+
+    assert safety._CLOCK.frames == [], "a time budget outlived its block"

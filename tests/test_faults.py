@@ -202,6 +202,31 @@ def test_work_stuck_in_one_c_call_is_failed_when_it_returns(monkeypatch):
     assert reward.last_info["num_timeouts"] == 1
 
 
+def test_a_timeout_striking_in_the_budget_bookkeeping_leaves_no_deadline_behind(monkeypatch):
+    """The race behind a CI run where every crystal after one test timed out: a budget's alarm struck
+    while its exit was still removing the deadline, the removal was abandoned, and the expired deadline
+    stayed on the clock. Here the exit spins (pure Python) until the alarm strikes."""
+    import rewards.safety as safety
+
+    outer = safety._Budget(0.05)
+    remove = safety._Budget.close
+
+    def slow_close(self):
+        if self is outer:
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                pass
+        remove(self)
+
+    monkeypatch.setattr(safety._Budget, "close", slow_close)
+    with pytest.raises(safety.CrystalTimeout) as caught, outer:
+        pass
+    assert outer.owns(caught.value) and safety._CLOCK.frames == []
+    with safety._Budget(5.0) as fresh:  # the clock works as before
+        assert safety._CLOCK.frames == [fresh.frame]
+    assert safety._CLOCK.frames == []
+
+
 def test_an_alarm_delivered_while_the_scope_closes_fails_only_that_crystal(monkeypatch):
     """The race behind a rare CI failure: the slow crystal's SIGALRM arrives after its block ended but
     before its deadline was removed (here: inside the scope's exit bookkeeping, made to spin until the
