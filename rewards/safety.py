@@ -129,7 +129,9 @@ class _AlarmClock:
         self.busy = True
         try:
             if not self.frames:
-                self.previous = signal.signal(signal.SIGALRM, self._handler)
+                current = signal.signal(signal.SIGALRM, self._handler)
+                if current != self._handler:  # not a push while paused (suspended()): keep the original
+                    self.previous = current
             budget.frame = _Frame(budget.seconds, time.monotonic() + budget.seconds)
             self.frames.append(budget.frame)
             self._arm()

@@ -227,6 +227,25 @@ def test_a_timeout_striking_in_the_budget_bookkeeping_leaves_no_deadline_behind(
     assert safety._CLOCK.frames == []
 
 
+def test_the_callers_alarm_handler_is_restored_after_nested_and_suspended_budgets():
+    """A budget started inside suspended() (lazy model loading within a crystal's work) must not make
+    the clock forget the caller's own SIGALRM handler."""
+    import signal
+
+    import rewards.safety as safety
+
+    def callers_handler(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGALRM, callers_handler)
+    try:
+        with safety._Budget(5.0), safety.suspended(), safety._Budget(5.0):
+            pass
+        assert signal.getsignal(signal.SIGALRM) is callers_handler
+    finally:
+        signal.signal(signal.SIGALRM, before)
+
+
 def test_an_alarm_delivered_while_the_scope_closes_fails_only_that_crystal(monkeypatch):
     """The race behind a rare CI failure: the slow crystal's SIGALRM arrives after its block ended but
     before its deadline was removed (here: inside the scope's exit bookkeeping, made to spin until the
