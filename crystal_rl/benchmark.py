@@ -36,9 +36,9 @@ from crystal_env import load_model  # noqa: E402
 from crystal_env.factory import build_reward_fn  # noqa: E402
 from crystal_env.policy import make_policy, make_reference_policy  # noqa: E402
 from crystal_env.sampling import generate  # noqa: E402
-from crystal_env.training.rl import run_training  # noqa: E402
 from crystal_rl.common import non_negative_int, positive_int, quiet_third_party  # noqa: E402
 from crystal_rl.config import ConfigError, compose_config  # noqa: E402
+from crystal_rl.training import run_training  # noqa: E402
 from rewards.evaluation import evaluate_structures  # noqa: E402
 
 

@@ -383,8 +383,8 @@ def read_result(run: Run) -> dict[str, Any] | None:
 
 def execute(run: Run, progress: bool) -> dict[str, Any]:
     """Train one (task, agent, seed), record its curves, evaluate its final fresh samples."""
-    from crystal_env.training.rl import run_training
     from crystal_rl.benchmark import kl_to_base
+    from crystal_rl.training import run_training
     from rewards.evaluation import evaluate_structures
     from rewards.reference import load_reference
 

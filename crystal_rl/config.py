@@ -401,9 +401,9 @@ def compose_config(name: str = "train", overrides: Sequence[str] = ()) -> dict[s
 
 def compose_train_config(overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
     """The validated training config composed with ``overrides`` (as on the command line), and the
-    config paths those overrides set — what :func:`crystal_env.training.rl.run_training` keeps from
+    config paths those overrides set — what :func:`crystal_rl.training.run_training` keeps from
     them when it resumes a run (everything else comes from the run's checkpoint)."""
-    from crystal_env.training.rl import explicit_keys
+    from crystal_rl.training import explicit_keys
 
     cfg = compose_config("train", overrides)
     return cfg, explicit_keys(overrides, cfg, compose_config("train"))

@@ -204,11 +204,11 @@ def render(results: dict[str, Any]) -> str:
 
 def run_experiment(name: str, args: argparse.Namespace, sizes: dict, out: Path, work: Path) -> dict[str, Any]:
     """Train, sample base and fine-tuned, evaluate both: one entry of ``results["experiments"]``."""
-    from crystal_env.training.rl import BEST_MODEL_NAME, best_model_meta, run_training
     from crystal_rl import plot_training
     from crystal_rl.config import compose_config
     from crystal_rl.evaluate import evaluate_to_folder
     from crystal_rl.sample import sample_to_folder
+    from crystal_rl.training import BEST_MODEL_NAME, best_model_meta, run_training
 
     spec = EXPERIMENTS[name]
     out, work = out / name, work / name

@@ -27,7 +27,7 @@ def _duration(seconds: float) -> str:
 def best_model_line(run_dir: str | Path) -> str | None:
     """The run's ``best:`` line, from what its ``model_best.pt`` holds (also after a resume that did not
     repeat ``trainer.best_metric``: the run continues with the saved config); None without that file."""
-    from crystal_env.training.rl import BEST_MODEL_NAME, best_model_meta
+    from crystal_rl.training import BEST_MODEL_NAME, best_model_meta
 
     best = best_model_meta(run_dir)
     if best is None:
@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     with hydra_job_guard(), quiet_third_party():  # run_training removes a run dir that never started
         resolved = validate_train_config(cfg)
-        from crystal_env.training.rl import default_run_dir, explicit_keys, run_training
+        from crystal_rl.training import default_run_dir, explicit_keys, run_training
 
         baseline = validate_train_config(hydra.compose("train"))  # the same config without command-line overrides
         explicit = explicit_keys(HydraConfig.get().overrides.task, resolved, baseline)

@@ -20,6 +20,7 @@ ENV_CORE = [
     "reward_protocol.py",
     "sampling.py",
     "config.py",
+    "training",  # pretraining loops; the RL training glue is crystal_rl/training.py
 ]
 
 

@@ -87,7 +87,7 @@ def test_one_update_on_cuda(agent, tmp_path):
 
 
 def test_training_on_cuda_resumes_exactly(tmp_path):
-    from crystal_env.training.rl import run_training
+    from crystal_rl.training import run_training
 
     common = [
         "reward=atomic_density",

@@ -164,7 +164,7 @@ def test_composition_uniqueness_counts_formulas_in_batch_and_memory():
     with composite.frozen():  # validation: reads the memory, adds nothing to it
         assert composite([kcl])["raw", "composition_uniqueness"].tolist() == [0.5]
     assert composite([kcl])["raw", "composition_uniqueness"].tolist() == [0.5]  # still one earlier KCl
-    from crystal_env.training.rl import _Frozen  # what the training's validation env scores with
+    from crystal_rl.training import _Frozen  # what the training's validation env scores with
 
     validation = _Frozen(composite)
     third = torch.tensor([1 / 3])

@@ -19,8 +19,8 @@ from agents.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from crystal_env.training.rl import resume_config, run_training
 from crystal_rl.config import compose_train_config
+from crystal_rl.training import resume_config, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from agents.trainer import NaNLossError
-from crystal_env.training.rl import run_training
 from crystal_rl.config import compose_config
+from crystal_rl.training import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 def test_best_metric_exports_the_model_of_the_best_validation(mode, tmp_path):
     """``trainer.best_metric``: model_best.pt holds the weights of the validation with the best value
     (the first one, on ties) and says which; the checkpoint keeps it for a resume."""
-    from crystal_env.training.rl import best_model_meta
+    from crystal_rl.training import best_model_meta
 
     steps = ["trainer.max_steps=4", "trainer.val_every=1", "trainer.checkpoint_every=4"]
     cfg = config(tmp_path, "reward=atomic_density", *TINY, *steps, "trainer.best_metric=val/atomic_density")
@@ -132,8 +132,8 @@ def test_resume_with_another_best_mode_starts_the_best_over(tmp_path):
     """The trainer forgets a best of another metric or mode on resume; model_best.pt, and what the CLI
     (``best_model_line``) and the reproduce script report from it, then name a validation after the
     resume, although the whole history's minimum (the base model, step 0: density rises here) is older."""
-    from crystal_env.training.rl import best_model_meta
     from crystal_rl.train import best_model_line
+    from crystal_rl.training import best_model_meta
 
     common = ["reward=atomic_density", *TINY, "trainer.val_every=1", "trainer.best_metric=val/atomic_density"]
     run_training(config(tmp_path, *common, "trainer.best_mode=max", "trainer.max_steps=2"))
@@ -245,7 +245,7 @@ def test_torchrun_data_parallel_two_cpu_processes(tmp_path):
 
 
 def test_wandb_logger_goes_offline_without_an_api_key(tmp_path, monkeypatch):
-    from crystal_env.training.rl import make_loggers
+    from crystal_rl.training import make_loggers
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
