@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -172,8 +173,20 @@ class _AlarmClock:
         finally:
             self.busy = False
 
+    def reset_in_child(self) -> None:
+        """A forked child (a reward pool worker started inside a metric) starts with no deadlines:
+        the parent's are copied with its memory, and a child that armed its timer for them would be
+        killed by the parent's budget long after the fork, idle or not."""
+        had_frames, self.frames, self.busy = bool(self.frames), [], False
+        if had_frames:  # our handler is installed: give SIGALRM back (the timer itself is not inherited)
+            with suppress(ValueError):  # not the main thread: leave it
+                signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
+        self.previous = None
+
 
 _CLOCK = _AlarmClock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_CLOCK.reset_in_child)
 
 # Set in an IsolatedReward worker: a shared array (crystal index in the call, or -1 for a whole
 # computation, or -2 when idle; start time on the monotonic clock; allowed seconds) that the

@@ -7,6 +7,7 @@ Time budgets are checked with metrics that sleep.
 """
 
 import hashlib
+import signal
 import time
 import warnings
 
@@ -244,6 +245,36 @@ def test_the_callers_alarm_handler_is_restored_after_nested_and_suspended_budget
         assert signal.getsignal(signal.SIGALRM) is callers_handler
     finally:
         signal.signal(signal.SIGALRM, before)
+
+
+def _forked_child(conn):
+    import rewards.safety as safety
+
+    conn.send((list(safety._CLOCK.frames), signal.getsignal(signal.SIGALRM) is signal.SIG_DFL))
+    with safety._Budget(5.0):  # arms the child's timer: for the parent's 0.2 s deadline too, before the fix
+        pass
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:  # pure Python: an alarm would interrupt it
+        pass
+    conn.send("alive")
+
+
+def test_a_forked_worker_does_not_inherit_the_parents_deadlines():
+    """Reward pool workers are forked inside a metric, under its budget: the seen failure was idle
+    workers killed by the parent's budget (CrystalTimeout in call_queue.get) 21 minutes after the fork."""
+    import multiprocessing as mp
+
+    import rewards.safety as safety
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    with safety._Budget(0.2):
+        process = ctx.Process(target=_forked_child, args=(child,))
+        process.start()
+    process.join(10)
+    assert process.exitcode == 0
+    assert parent.recv() == ([], True)  # no deadlines, the default SIGALRM disposition back
+    assert parent.recv() == "alive"
 
 
 def test_an_alarm_delivered_while_the_scope_closes_fails_only_that_crystal(monkeypatch):
