@@ -94,8 +94,18 @@ class MLIPBackend:
         ``steps`` steps or until every force (and stress term) is below ``fmax`` eV/Å.
 
         All crystals advance in lockstep: each FIRE step is one batched MLIP call for the crystals
-        not yet converged. A crystal whose relaxation fails (or goes non-finite) is returned unrelaxed.
+        not yet converged. A crystal whose relaxation fails (or goes non-finite) is returned unrelaxed,
+        with a warning. Forces are energy gradients, so autograd is switched on here: a reward called
+        inside ``torch.no_grad()`` (an env rollout) would otherwise fail every force call.
         """
+        with torch.enable_grad():
+            out = self._relax(structures, steps, fmax, batch_size)
+        failed = sum(r is s for r, s in zip(out, structures, strict=True))
+        if failed:
+            log.warning("%s relaxation failed for %d of %d crystals: unrelaxed", self.name, failed, len(structures))
+        return out
+
+    def _relax(self, structures: Sequence[Structure], steps: int, fmax: float, batch_size: int) -> list[Structure]:
         from ase.calculators.singlepoint import SinglePointCalculator
         from ase.filters import FrechetCellFilter
         from ase.optimize import FIRE

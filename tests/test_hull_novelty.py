@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Lattice, Structure
 
@@ -163,3 +164,21 @@ def test_relaxed_evaluation_end_to_end():
 def test_bundled_mp_file_is_checked():
     formulas, energies = load_mp_formation_energies()
     assert len(formulas) == 132_752 and math.isfinite(energies.sum())
+
+
+def test_a_relaxed_energy_reward_relaxes_inside_no_grad():
+    """An env rollout calls the reward under torch.no_grad(); the relaxation's forces (energy gradients)
+    must still work there. Before the fix every force call failed and the crystals were scored
+    unrelaxed, silently: a training reward with relax_steps > 0 was the unrelaxed one."""
+    crystals = [rattled(s, 0.1, seed=i) for i, s in enumerate(_textbook().values())][:2]
+    for s in crystals:
+        s.scale_lattice(s.volume * 1.1)
+    reference = load_reference("mp20_sample")
+
+    def energy(relax_steps):
+        return CompositeReward([Energy(relax_steps=relax_steps, normalize_fn=None)], reference=reference)
+
+    with torch.no_grad():
+        inside = energy(5)(crystals)["raw", "energy"]
+    torch.testing.assert_close(inside, energy(5)(crystals)["raw", "energy"])
+    assert (inside > energy(0)(crystals)["raw", "energy"]).all()  # -E_hull: relaxed is higher
