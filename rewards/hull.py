@@ -78,8 +78,8 @@ def _parse_amounts(composition: Composition | str) -> dict[int, float] | None:
         out: dict[int, float] = {}
         for symbol, amount in _FORMULA_TOKEN.findall(composition):
             z = _Z.get(symbol)
-            if z is None:
-                return None
+            if z is None:  # not an element symbol (e.g. D for deuterium): pymatgen's reading
+                return _parse_amounts(Composition(composition))
             out[z] = out.get(z, 0.0) + (float(amount) if amount else 1.0)
         return out
     comp = Composition(composition)
@@ -226,7 +226,8 @@ def load_mp_formation_energies(path: str | Path = MP_FORMATION_ENERGIES_FILE) ->
 
 
 def composition_key(composition: Composition | str) -> tuple[tuple[int, float], ...] | None:
-    """The fractional composition as sorted (Z, fraction) pairs: equal keys, equal reduced formulas."""
+    """The normalised fractional composition as sorted (Z, fraction) pairs. For integer amounts (ordered
+    crystals, the MP file) equal keys mean equal reduced formulas; Li0.5O0.5 and LiO share a key."""
     amounts = _parse_amounts(composition)
     return _fraction_key(amounts) if amounts and sum(amounts.values()) > 0 else None
 

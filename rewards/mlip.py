@@ -98,7 +98,7 @@ class MLIPBackend:
         with a warning. Forces are energy gradients, so autograd is switched on here: a reward called
         inside ``torch.no_grad()`` (an env rollout) would otherwise fail every force call.
         """
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             out = self._relax(structures, steps, fmax, batch_size)
         failed = sum(r is s for r, s in zip(out, structures, strict=True))
         if failed:

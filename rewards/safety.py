@@ -89,6 +89,7 @@ class _AlarmClock:
         self.frames: list[_Frame] = []
         self.previous: Any = None
         self.busy = False
+        self.paused = 0  # suspended() blocks open: their frames come back, so keep the handler
 
     @staticmethod
     def usable() -> bool:
@@ -97,7 +98,8 @@ class _AlarmClock:
     def _arm(self) -> None:
         if not self.frames:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
+            if not self.paused and signal.getsignal(signal.SIGALRM) == self._handler:
+                signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
             return
         remaining = min(f.deadline for f in self.frames) - time.monotonic()
         signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-4))
@@ -155,6 +157,7 @@ class _AlarmClock:
         self.busy = True
         try:
             frames, self.frames = self.frames, []
+            self.paused += 1
             if frames:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
@@ -164,12 +167,12 @@ class _AlarmClock:
     def resume(self, frames: list[_Frame], since: float) -> None:
         self.busy = True
         try:
+            self.paused -= 1
             paused = time.monotonic() - since
             for f in frames:
                 f.deadline += paused
             self.frames = frames + self.frames
-            if self.frames:
-                self._arm()
+            self._arm()  # no frames: gives the handler back if a push inside the pause installed it
         finally:
             self.busy = False
 
@@ -177,9 +180,9 @@ class _AlarmClock:
         """A forked child (a reward pool worker started inside a metric) starts with no deadlines:
         the parent's are copied with its memory, and a child that armed its timer for them would be
         killed by the parent's budget long after the fork, idle or not."""
-        had_frames, self.frames, self.busy = bool(self.frames), [], False
-        if had_frames:  # our handler is installed: give SIGALRM back (the timer itself is not inherited)
-            with suppress(ValueError):  # not the main thread: leave it
+        self.frames, self.busy, self.paused = [], False, 0
+        with suppress(ValueError):  # not the main thread: leave it
+            if signal.getsignal(signal.SIGALRM) == self._handler:  # give SIGALRM back (the timer is not inherited)
                 signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
         self.previous = None
 
@@ -311,11 +314,12 @@ def suspended() -> Iterator[None]:
     token = _ACTIVE.set(None)
     start = time.monotonic()
     progress = _progress_enter(-2, 0.0)
-    frames, since = _CLOCK.pause() if _CLOCK.usable() else ([], 0.0)
+    pausing = _CLOCK.usable()
+    frames, since = _CLOCK.pause() if pausing else ([], 0.0)
     try:
         yield
     finally:
-        if frames:
+        if pausing:
             _CLOCK.resume(frames, since)
         _progress_exit(progress, time.monotonic() - start)
         _ACTIVE.reset(token)

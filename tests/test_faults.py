@@ -229,17 +229,25 @@ def test_a_timeout_striking_in_the_budget_bookkeeping_leaves_no_deadline_behind(
 
 
 def test_the_callers_alarm_handler_is_restored_after_nested_and_suspended_budgets():
-    """A budget started inside suspended() (lazy model loading within a crystal's work) must not make
-    the clock forget the caller's own SIGALRM handler."""
-    import signal
-
+    """A budget started inside suspended() (lazy model loading within a crystal's work) must neither
+    make the clock forget the caller's own SIGALRM handler nor give it back while the outer budget,
+    paused meanwhile, is still running (its alarm would then go to the caller's handler, not raise)."""
     import rewards.safety as safety
 
+    calls = []
+
     def callers_handler(signum, frame):
-        pass
+        calls.append(signum)
 
     before = signal.signal(signal.SIGALRM, callers_handler)
     try:
+        with pytest.raises(safety.CrystalTimeout), safety._Budget(0.2) as outer:
+            with safety.suspended(), safety._Budget(5.0):
+                pass
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:  # the outer budget's alarm must interrupt this
+                pass
+        assert outer.frame is not None and safety._CLOCK.frames == [] and calls == []
         with safety._Budget(5.0), safety.suspended(), safety._Budget(5.0):
             pass
         assert signal.getsignal(signal.SIGALRM) is callers_handler

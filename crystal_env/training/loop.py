@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-import multiprocessing as mp
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,7 +70,7 @@ class _EpochOrder(torch.utils.data.Sampler):
         return len(self.order)
 
 
-_FORK = "fork" if "fork" in mp.get_all_start_methods() else None
+_FORK = "fork" if sys.platform == "linux" else None  # macOS has fork, but it is unsafe there
 
 
 def _identity(x: TensorDict) -> TensorDict:
@@ -86,7 +86,7 @@ def _loader(data: TensorDict, atom_keys: Sequence[str], cfg: LoopConfig, device:
         collate_fn=_identity,
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
-        # fork where there is one: torchrl's import makes spawn the default, and a spawned worker
+        # fork on Linux: torchrl's import makes spawn the default, and a spawned worker
         # re-imports torch, pymatgen and the package (seconds each) only to slice tensors
         multiprocessing_context=_FORK if cfg.num_workers > 0 else None,
         pin_memory=device.type == "cuda",
