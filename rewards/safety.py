@@ -98,11 +98,16 @@ class _AlarmClock:
     def _arm(self) -> None:
         if not self.frames:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            if not self.paused and signal.getsignal(signal.SIGALRM) == self._handler:
-                signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
+            if not self.paused:
+                self._give_back_handler()
             return
         remaining = min(f.deadline for f in self.frames) - time.monotonic()
         signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-4))
+
+    def _give_back_handler(self) -> None:
+        """Reinstall the SIGALRM handler found at the first push, if ours is the one installed."""
+        if signal.getsignal(signal.SIGALRM) == self._handler:
+            signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
 
     def _expired(self) -> _Frame | None:
         now = time.monotonic()
@@ -176,20 +181,20 @@ class _AlarmClock:
         finally:
             self.busy = False
 
-    def reset_in_child(self) -> None:
-        """A forked child (a reward pool worker started inside a metric) starts with no deadlines:
-        the parent's are copied with its memory, and a child that armed its timer for them would be
-        killed by the parent's budget long after the fork, idle or not."""
+    def reset(self) -> None:
+        """No deadlines, no timer, the original handler back. Run in every forked child (a reward pool
+        worker started inside a metric): the parent's deadlines are copied with its memory, and a child
+        that armed its timer for them would be killed by the parent's budget long after the fork."""
         self.frames, self.busy, self.paused = [], False, 0
         with suppress(ValueError):  # not the main thread: leave it
-            if signal.getsignal(signal.SIGALRM) == self._handler:  # give SIGALRM back (the timer is not inherited)
-                signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._give_back_handler()
         self.previous = None
 
 
 _CLOCK = _AlarmClock()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_CLOCK.reset_in_child)
+    os.register_at_fork(after_in_child=_CLOCK.reset)
 
 # Set in an IsolatedReward worker: a shared array (crystal index in the call, or -1 for a whole
 # computation, or -2 when idle; start time on the monotonic clock; allowed seconds) that the
