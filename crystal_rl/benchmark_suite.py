@@ -43,14 +43,12 @@ from atomic_io import atomic_write_bytes
 from crystal_env.config import CONFIG_DIR, config_names, load_config
 from crystal_rl.common import git_commit, machine_info, quiet_third_party
 from crystal_rl.config import ConfigError, compose_config, validate_suite_config, validate_train_config
+from crystal_rl.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, bootstrap_ci
 
 SUITE_GROUP = "benchmark"
 #: Crystals count as the same in (a) when their reduced formulas are equal and their scores round to
 #: the same multiple of this.
 DISTINCT_TOL = 1e-6
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
-CI_LEVEL = 0.95
 RESULT_NAME = "result.json"
 ERROR_NAME = "error.txt"  # the traceback of a run that failed (removed when it succeeds)
 #: final-evaluation summary keys kept per run
@@ -175,21 +173,6 @@ def best_within_budget(
 
 
 # ---- statistics ---------------------------------------------------------------------------------------
-def bootstrap_ci(
-    values: Sequence[float | None], resamples: int = BOOTSTRAP_RESAMPLES, level: float = CI_LEVEL, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap confidence interval of the mean: ``resamples`` resamplings of
-    the values with replacement, the ``(1 ± level) / 2`` quantiles of their means. Missing or
-    non-finite values are left out; none left: NaNs."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if not len(x):
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(x.mean()), float(low), float(high)
-
-
 def first_crossing(
     budgets: Sequence[int], agent: Sequence[float | None], baseline: Sequence[float | None]
 ) -> int | None:

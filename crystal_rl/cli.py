@@ -26,6 +26,7 @@ COMMANDS = {
     "reproduce": "crystal_rl.reproduce",
     "validate-hull": "crystal_rl.validate_hull",
     "interpolate": "crystal_rl.interpolate",
+    "compare": "crystal_rl.compare",
 }
 
 

@@ -8,12 +8,13 @@ command, ``env=ldm_mp20 reward=dng``) and ``stability_perov5`` (``env=ldm_perov5
 Then the agent benchmark suite (``crystal-rl-benchmark --suite default``: every agent, task and
 seed, see that command). It writes to ``--out``:
 
-* ``results.json``: every number (training curves, evaluations, the leaderboard) with the commit,
-  the command, the machine and each stage's wall time, assembled from ``<name>/experiment.json``
-  and ``suite/suite.json``: running a subset (even concurrently, in separate processes)
-  replaces only its own parts;
-* ``results.md``: the README's tables, rendered from ``results.json`` (``--render`` re-renders them
-  without running anything);
+* ``results.json``: every number (training curves, evaluations, the fine-tuned − base differences
+  with bootstrap confidence intervals over crystals as ``crystal-rl-compare`` computes them, the
+  leaderboard) with the commit, the command, the machine and each stage's wall time, assembled from
+  ``<name>/experiment.json``, the per-crystal CSVs and ``suite/suite.json``: running a subset (even
+  concurrently, in separate processes) replaces only its own parts;
+* ``results.md``: the README's tables, rendered from ``results.json`` (``--render`` re-renders them,
+  and recomputes the differences from the CSVs, without running anything);
 * per experiment ``<name>/training_curves.png``, ``<name>/eval_base/`` and ``<name>/eval_grpo/``
   (summary, per-crystal CSV, plots), and ``suite/`` (the suite's leaderboard and budget curves; its
   runs, with their per-run ``result.json``, stay under ``--work``).
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from crystal_rl.common import git_commit, machine_info, non_negative_int, positive_int, quiet_third_party
+from crystal_rl.compare import CONVENTION, compare_evaluations, difference_cell
 
 #: experiment name -> env, reward and the dataset its samples are evaluated against
 EXPERIMENTS = {
@@ -73,6 +75,8 @@ EVAL_ROWS = (
     ("structure diversity 1/(1+FD)", "structure_diversity", False),
     ("composition diversity 1/(1+FD)", "composition_diversity", False),
 )
+#: summary key -> the per-crystal column its difference is computed from (others: the same name)
+SUMMARY_TO_COLUMN = {"mean_e_above_hull": "e_above_hull", "mean_e_above_hull_relaxed": "e_above_hull_relaxed"}
 TOP_COMPOSITIONS = 8
 TINY = {
     "train": [
@@ -111,7 +115,11 @@ def parser() -> argparse.ArgumentParser:
         "--relax-steps", type=non_negative_int, default=None, help="FIRE steps of the relaxed evaluation (default 20)"
     )
     p.add_argument("--skip-benchmark", action="store_true")
-    p.add_argument("--render", action="store_true", help="only re-render results.md from --out/results.json")
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="only re-render results.md from --out/results.json (differences recomputed from the CSVs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -182,12 +190,19 @@ def render(results: dict[str, Any]) -> str:
             f"{base['n']} samples each ({em['sampler']}, seed {em['seed']}); relaxed: CHGNet FIRE, "
             f"{em['relax_steps']} steps, positions and cell; novelty against `{em['reference']}`:",
             "",
-            "| metric | base | GRPO |",
-            "|---|---|---|",
+            "| metric | base | GRPO | GRPO − base [95 % CI] |",
+            "|---|---|---|---|",
         ]
+        differences = exp.get("difference", {})
         for label, key, fraction in EVAL_ROWS:
             if key in base or key in tuned:
-                lines.append(f"| {label} | {_fmt(base.get(key), fraction)} | {_fmt(tuned.get(key), fraction)} |")
+                row = differences.get(SUMMARY_TO_COLUMN.get(key, key))
+                lines.append(
+                    f"| {label} | {_fmt(base.get(key), fraction)} | {_fmt(tuned.get(key), fraction)} | "
+                    f"{difference_cell(row) if row else '–'} |"
+                )
+        if differences:
+            lines.append(f"\nGRPO − base: {CONVENTION}.")
         for model in ("base", "grpo"):
             top = ", ".join(f"{f} {100 * x:.1f} %" for f, x in exp["top_compositions"][model])
             lines.append(f"\nTop compositions ({model}, share of valid crystals): {top}")
@@ -326,6 +341,15 @@ def _suite_part(folder: Path) -> dict[str, Any]:
     }
 
 
+def add_differences(experiments: dict[str, Any], out: Path) -> None:
+    """Each experiment's fine-tuned − base differences with bootstrap CIs, from the per-crystal CSVs
+    under ``out`` (experiments whose CSVs are not there keep what they have)."""
+    for name, exp in experiments.items():
+        base, tuned = out / name / "eval_base", out / name / "eval_grpo"
+        if (base / "per_crystal.csv").is_file() and (tuned / "per_crystal.csv").is_file():
+            exp["difference"] = compare_evaluations(base, tuned)
+
+
 def assemble(out: Path, argv: list[str]) -> dict[str, Any]:
     """``results.json`` from the parts under ``out`` (experiments in :data:`EXPERIMENTS` order)."""
     experiments = {
@@ -333,6 +357,7 @@ def assemble(out: Path, argv: list[str]) -> dict[str, Any]:
         for name in EXPERIMENTS
         if (out / name / "experiment.json").is_file()
     }
+    add_differences(experiments, out)
     suite = out / "suite" / "suite.json"
     return {
         "meta": {
@@ -355,11 +380,12 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if args.render:
         results = json.loads((out / "results.json").read_text())
+        add_differences(results["experiments"], out)
     else:
         with quiet_third_party():
             run(args, argv)
         results = assemble(out, argv)
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "results.md").write_text(render(results))
     print(render(results))
     print(f"written to {out}")

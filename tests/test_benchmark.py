@@ -10,7 +10,6 @@ import pytest
 from crystal_rl import benchmark
 from crystal_rl.benchmark_suite import (
     best_within_budget,
-    bootstrap_ci,
     first_crossing,
     load_suite,
     plan_runs,
@@ -243,21 +242,6 @@ def test_long_suite_plans_its_larger_budget(tmp_path):
     (run,) = plan_runs(suite, [resolve_agent("grpo")], tmp_path, [], 1.0, False)
     assert run.task["name"] == "ldm_perov5/energy" and run.plan["steps"] * run.plan["batch_size"] == 5120
     assert run.plan["points"] == list(range(640, 5121, 640))
-
-
-def test_bootstrap_ci_known_answers():
-    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
-    # two values: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4 -> the CI spans both
-    assert bootstrap_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
-    # [0, 0, 3]: P(mean = 0) = 8/27 > 2.5 %, P(mean = 3) = 1/27 > 2.5 %
-    assert bootstrap_ci([0.0, 0.0, 3.0]) == (1.0, 0.0, 3.0)
-    # three seeds: each extreme has probability 1/27 > 2.5 % of filling a resample -> the CI is the range
-    assert bootstrap_ci([1.0, 2.0, 7.0]) == (pytest.approx(10 / 3), 1.0, 7.0)
-    mean, low, high = bootstrap_ci(list(range(100)))
-    assert mean == 49.5 and 43 < low < 46 and 53 < high < 56  # ~ mean ± 1.96 σ/√n = 49.5 ± 5.7
-    assert bootstrap_ci([1.0, None, float("nan")]) == (1.0, 1.0, 1.0)
-    assert all(math.isnan(x) for x in bootstrap_ci([]))
-    assert bootstrap_ci([0.3, 0.9, 0.1, 0.5]) == bootstrap_ci([0.3, 0.9, 0.1, 0.5])  # fixed RNG seed
 
 
 def test_top_k_distinct_and_best_within_budget():

@@ -98,3 +98,11 @@ def test_readme_extension_guide_from_the_command_line(workdir):
     out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (workdir / "runs" / "cli" / "checkpoint.pt").is_file()
+
+
+def test_readme_results_block_is_the_rendered_results_file():
+    """The README's results block is a copy of docs/results/results.md (crystal-rl-reproduce --render)."""
+    text = README.read_text()
+    begin, end = "<!-- results:begin -->\n", "<!-- results:end -->"
+    block = text[text.index(begin) + len(begin) : text.index(end)]
+    assert block == (REPO / "docs" / "results" / "results.md").read_text()

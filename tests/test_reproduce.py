@@ -34,6 +34,8 @@ def test_reproduce_tiny_writes_results_tables_and_plots(tmp_path, capsys):
             assert len(list((work / name / f"samples_{label}" / "cif").glob("*.cif"))) <= 4
             assert sum(share for _, share in exp["top_compositions"][label]) <= 1.0 + 1e-9
         assert (out / name / "training_curves.png").is_file()
+        msun = exp["difference"]["msun_relaxed"]  # GRPO - base, from the per-crystal CSVs
+        assert msun["n_first"] == msun["n_second"] == 4 and msun["low"] <= msun["difference"] <= msun["high"]
     suite = json.loads((out / "suite" / "suite.json").read_text())
     assert suite["meta"]["runs_done"] == suite["meta"]["runs"] == 4  # 1 task x 2 agents x 2 seeds
     assert (out / "suite" / "curves_ldm_mp20_atomic_density.png").is_file()
@@ -43,7 +45,7 @@ def test_reproduce_tiny_writes_results_tables_and_plots(tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert meta["commit"] in table and meta["command"] in table
     assert "| `val/reward` |" in table and "| M.S.U.N., relaxed |" in table and "Agent benchmark suite" in table
-    assert "Top compositions (grpo" in table
+    assert "Top compositions (grpo" in table and "| GRPO − base [95 % CI] |" in table
     assert table in capsys.readouterr().out  # printed too
     (out / "results.md").unlink()
     reproduce.main(["--render", "--out", str(out)])  # the tables come from results.json alone
