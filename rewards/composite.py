@@ -34,7 +34,9 @@ class CompositeReward:
     cannot handle (an error, or more than ``crystal_timeout`` seconds in one metric) gets that
     component's worst value and never changes the other crystals' raw values. ``last_info`` then
     has ``problems`` (per crystal: ``None`` or why it got a worst value), ``crystal_failures``
-    (per metric/component: counts by reason) and ``num_timeouts``.
+    (per metric/component: counts by reason) and ``num_timeouts``; ``notes`` (index → text) and
+    ``num_unrelaxed`` list values kept but computed otherwise — a relaxed energy (``relax_steps``)
+    of a crystal whose relaxation failed is its unrelaxed energy.
 
     ``total`` is *not* passed through the global ``normalize_fn``: it stays comparable across
     batches (for logging). Agents get advantages with :meth:`normalize` (per group for GRPO).
@@ -150,6 +152,8 @@ class CompositeReward:
                 label: dict(Counter(": ".join(r.split(": ")[:2]) for r in f.values()))
                 for label, f in batch.failures.items()
             },
+            "num_unrelaxed": sum("relaxation failed" in n for n in batch.notes.values()),
+            "notes": dict(batch.notes),
             "num_timeouts": len({i for f in batch.failures.values() for i, r in f.items() if r == "timeout"}),
             "metric_seconds": dict(batch.timings),
             "seconds": time.perf_counter() - start,

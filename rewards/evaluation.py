@@ -125,6 +125,8 @@ def evaluate_structures(
         summary[f"median_e_above_hull{suffix}"] = float(np.nanmedian(e_hull)) if finite.any() else float("nan")
     for i, reason in batch.failed_in(list(batch.failures)).items():  # every metric that failed on a crystal
         columns["problem"][i] = columns["problem"][i] or reason
+    for i, text in batch.notes.items():  # values kept but computed otherwise (an unrelaxed "relaxed" energy)
+        columns["problem"][i] = columns["problem"][i] or text
     frame = pd.DataFrame(columns)
     for col in frame.columns:
         if frame[col].dtype == bool and col not in ("hull_covered",):

@@ -66,6 +66,7 @@ class RewardBatch:
         self.timings: dict[str, float] = {}
         self.crystal_timeout = crystal_timeout
         self.failures: dict[str, dict[int, str]] = {}
+        self.notes: dict[int, str] = {}  # index -> what was done differently for it (not a failure)
         self.origin = list(range(len(self.structures)))  # index of each crystal in the reward call
         self._deps: dict[str, set[str]] = {}
         self._computing: list[str] = []
@@ -137,6 +138,11 @@ class RewardBatch:
             log.warning("%s recorded failures outside this batch's %d crystals; ignored", label, len(self))
         if ours:
             self.failures.setdefault(label, {}).update(ours)
+
+    def note(self, index: int, text: str) -> None:
+        """Record that a value of crystal ``index`` was computed differently from the convention (e.g.
+        a relaxed energy of the unrelaxed crystal): kept, but said, in ``last_info`` and evaluations."""
+        self.notes.setdefault(index, text)
 
     def failed_in(self, labels: Sequence[str]) -> dict[int, str]:
         """Crystals that failed in any of ``labels`` or the metrics they used (index → reason)."""
@@ -253,7 +259,11 @@ def _mlip_energy(
     with safety.suspended():  # loading the model (once per process) is not the crystals' time
         backend = get_mlip(mlip, model, device)
     if relax_steps > 0:
-        structures = backend.relax(structures, relax_steps, fmax, batch_size)
+        relaxed = backend.relax(structures, relax_steps, fmax, batch_size)
+        for i, before, after in zip(idx, structures, relaxed, strict=True):
+            if after is before:  # relax() returns a crystal it could not relax as it was
+                batch.note(i, f"{mlip} relaxation failed: energy of the unrelaxed crystal")
+        structures = relaxed
     out[idx] = backend.energies(structures, batch_size)
     for i in idx:
         if not np.isfinite(out[i]):

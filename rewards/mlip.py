@@ -33,6 +33,7 @@ class MLIPBackend:
 
     name = ""
     needs_mp2020_correction = False
+    _warned_unrelaxed = False  # set on the instance by the first relaxation failure
 
     def _batch_energies(self, structures: Sequence[Structure], batch_size: int) -> np.ndarray:
         """Raw energies per atom (eV/atom) of a batch; may raise."""
@@ -101,8 +102,18 @@ class MLIPBackend:
         with torch.inference_mode(False), torch.enable_grad():
             out = self._relax(structures, steps, fmax, batch_size)
         failed = sum(r is s for r, s in zip(out, structures, strict=True))
-        if failed:
-            log.warning("%s relaxation failed for %d of %d crystals: unrelaxed", self.name, failed, len(structures))
+        if failed:  # a warning once per backend: a training run would repeat it every step
+            level = logging.DEBUG if self._warned_unrelaxed else logging.WARNING
+            self._warned_unrelaxed = True
+            log.log(
+                level,
+                "%s relaxation failed for %d of %d crystals: scored unrelaxed (later failures are logged at DEBUG; "
+                "counted per call in a reward's last_info['num_unrelaxed'], per crystal in the evaluation's "
+                "'problem' column)",
+                self.name,
+                failed,
+                len(structures),
+            )
         return out
 
     def _relax(self, structures: Sequence[Structure], steps: int, fmax: float, batch_size: int) -> list[Structure]:

@@ -182,3 +182,34 @@ def test_a_relaxed_energy_reward_relaxes_inside_no_grad():
         inside = energy(5)(crystals)["raw", "energy"]
     torch.testing.assert_close(inside, energy(5)(crystals)["raw", "energy"])
     assert (inside > energy(0)(crystals)["raw", "energy"]).all()  # -E_hull: relaxed is higher
+
+
+def test_a_failed_relaxation_is_scored_unrelaxed_and_said(monkeypatch, caplog):
+    """A crystal the MLIP cannot relax keeps its unrelaxed energy, never silently: the evaluation's
+    ``problem`` column and the reward's ``last_info`` say so, and the log warns once, not every call."""
+    from rewards.mlip import CHGNetBackend, get_mlip
+
+    crystals = [rattled(s, 0.1, seed=i) for i, s in enumerate(_textbook().values())][:3]
+    for s in crystals:
+        s.scale_lattice(s.volume * 1.1)
+    broken = crystals[1].composition.reduced_formula
+    forces = CHGNetBackend._batch_efs
+
+    def failing(self, structures, batch_size):
+        if any(s.composition.reduced_formula == broken for s in structures):
+            raise RuntimeError("no forces for this crystal")
+        return forces(self, structures, batch_size)
+
+    monkeypatch.setattr(CHGNetBackend, "_batch_efs", failing)
+    monkeypatch.setattr(get_mlip("chgnet", None, "cpu"), "_warned_unrelaxed", False)
+    reference = load_reference("mp20_sample")
+    with caplog.at_level("DEBUG", logger="rewards.mlip"):
+        frame, _ = evaluate_structures(crystals, reference=reference, relax_steps=3)
+        reward = CompositeReward([Energy(relax_steps=3, normalize_fn=None)], reference=reference)
+        reward(crystals)
+    assert frame["problem"].tolist() == ["", "chgnet relaxation failed: energy of the unrelaxed crystal", ""]
+    assert frame["e_above_hull_relaxed"][1] == pytest.approx(frame["e_above_hull"][1])  # kept: unrelaxed
+    assert (frame["e_above_hull_relaxed"][[0, 2]] < frame["e_above_hull"][[0, 2]]).all()  # the others relaxed
+    assert reward.last_info["num_unrelaxed"] == 1 and list(reward.last_info["notes"]) == [1]
+    failed = [r for r in caplog.records if "relaxation failed for 1 of 3" in r.getMessage()]
+    assert [r.levelname for r in failed] == ["WARNING", "DEBUG"]
