@@ -45,12 +45,15 @@ class Creativity(RewardComponent):
 
 
 class Energy(RewardComponent):
-    """−clamp(E_hull, 0, ``max_e_hull``) with E_hull (eV/atom) from an MLIP against the reference hull.
+    """−clamp(E_hull, ``min_e_hull``, ``max_e_hull``) with E_hull (eV/atom) from an MLIP against the
+    reference hull.
 
     ``max_e_hull`` (default 1.0, the reference implementation's) bounds the penalty: crystals further
-    above the hull all score −max_e_hull, so the reward only discriminates below it. Failures (no
-    energy, no hull) get the worst value −max_e_hull. ``device``: where the MLIP runs (None: the
-    reward's device, i.e. the env's).
+    above the hull all score −max_e_hull, so the reward only discriminates below it. ``min_e_hull``
+    (default 0) is the floor: crystals closer to the hull all score −min_e_hull, so the term stops
+    pulling the policy once it gets there (a :class:`~rewards.Metastability` bonus can take over).
+    Failures (no energy, no hull) get the worst value −max_e_hull. ``device``: where the MLIP runs
+    (None: the reward's device, i.e. the env's).
     """
 
     required_metrics = ("e_above_hull",)
@@ -60,6 +63,7 @@ class Energy(RewardComponent):
         mlip: str = "chgnet",
         max_e_hull: float = 1.0,
         model: str | None = None,
+        min_e_hull: float = 0.0,
         relax_steps: int = 0,
         fmax: float = 0.1,
         batch_size: int = 16,
@@ -69,7 +73,10 @@ class Energy(RewardComponent):
         super().__init__(**kwargs)
         if not max_e_hull > 0:
             raise ValueError(f"max_e_hull must be > 0 eV/atom, got {max_e_hull}")
+        if not 0 <= min_e_hull < max_e_hull:
+            raise ValueError(f"min_e_hull must be in [0, max_e_hull = {max_e_hull}) eV/atom, got {min_e_hull}")
         self.max_e_hull = float(max_e_hull)
+        self.min_e_hull = float(min_e_hull)
         self.worst = -self.max_e_hull
         self.mlip_params = dict(
             mlip=mlip,
@@ -85,7 +92,9 @@ class Energy(RewardComponent):
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         e_hull = torch.as_tensor(batch.metric("e_above_hull", **self.mlip_params), dtype=torch.float32)
-        return -e_hull.clamp(0.0, self.max_e_hull)  # NaN (no energy / no hull) stays NaN and becomes `worst`
+        return -e_hull.clamp(
+            self.min_e_hull, self.max_e_hull
+        )  # NaN (no energy / no hull) stays NaN and becomes `worst`
 
 
 class _Diversity(RewardComponent):

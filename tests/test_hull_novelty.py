@@ -133,6 +133,13 @@ def test_energy_clamp_is_configurable():
     raw1 = Energy()(rock_salt_list := [rock_salt()], reference)
     raw3 = Energy(max_e_hull=3.0)(rock_salt_list, reference)
     assert raw1.tolist() == [-1.0] and raw3.tolist() == [-3.0]
+    # the floor: NaCl ~2 eV/atom below a hull of the bare elements scores -min_e_hull, not 0
+    below = ReferenceSet([rock_salt()], FormationEnergyHull([], []), use_disk_cache=False)
+    assert Energy()([rock_salt()], below).tolist() == [0.0]
+    assert Energy(min_e_hull=0.5, max_e_hull=3.0)([rock_salt()], below).tolist() == [-0.5]
+    assert Energy(min_e_hull=0.5, max_e_hull=3.0)(rock_salt_list, reference).tolist() == [-3.0]
+    with pytest.raises(ValueError, match="min_e_hull"):
+        Energy(min_e_hull=1.0, max_e_hull=1.0)
 
 
 def test_smact_oxidation_state_set_is_selectable():
