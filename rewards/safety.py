@@ -282,7 +282,17 @@ class _CrystalScope(AbstractContextManager):
     def __enter__(self) -> _CrystalScope:
         index = self.scope.batch.origin[self.i] if self.scope is not None else -1
         self.progress = _progress_enter(index, self.budget.seconds)
-        self.budget.__enter__()
+        self.early: CrystalTimeout | None = None
+        try:
+            self.budget.__enter__()
+        except CrystalTimeout as struck:  # after the push, before the block: _fire removed the frame
+            if not self.budget.owns(struck):
+                _progress_exit(self.progress)
+                raise
+            # this crystal's own alarm (the process stalled for its whole budget): a with-statement
+            # cannot skip its block, so the block runs under the enclosing budgets only and the
+            # crystal fails with "timeout" when it ends, as if the alarm had struck inside it
+            self.early = struck
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -294,6 +304,8 @@ class _CrystalScope(AbstractContextManager):
             if not self.budget.owns(late):  # an enclosing budget ran out: not this crystal's business
                 raise late from exc
             exc = exc if exc is not None else late  # this crystal's alarm, delivered as its block ended
+        if exc is None and self.early is not None:
+            exc = self.early
         if exc is None:
             if self.budget.overran():  # no pre-emption here (not the main thread): fail it late
                 self._fail("timeout")

@@ -413,3 +413,37 @@ def test_training_config_validation_names_misspelled_components_and_bad_isolatio
     with pytest.raises(ConfigError, match=r"reward.isolation.*'thread'"):
         compose_config("train", [*base, "+reward.isolation=thread"])
     assert compose_config("train", [*base, "+reward.isolation=process", "+reward.crystal_timeout=5"])
+
+
+def test_an_alarm_delivered_before_the_scope_body_fails_only_that_crystal(monkeypatch):
+    """The mirror race: a crystal's SIGALRM strikes after its deadline was pushed but before its block
+    began (here: raised at the end of the push, as an alarm would after a stall of the whole budget).
+    Before, the timeout escaped the crystal's scope and failed the whole metric; now only that crystal
+    fails, its block still runs (under the enclosing budgets), and no deadline is left behind."""
+    import rewards.safety as safety
+
+    original = safety._CLOCK.push
+    strike = {"next": False}
+    ran = []
+
+    def striking_push(budget):
+        original(budget)
+        if strike["next"]:
+            strike["next"] = False
+            raise safety._CLOCK._fire(budget.frame)
+
+    def strikes_early(batch):
+        out = np.full(len(batch), np.nan)
+        for i, s in enumerate(batch.valid_structures):
+            strike["next"] = SLOW in s.composition
+            with crystal_scope(i):
+                ran.append(i)
+                out[i] = len(s)
+        return out
+
+    monkeypatch.setattr(safety._CLOCK, "push", striking_push)
+    monkeypatch.setitem(METRICS, "strikes_early", strikes_early)
+    reward = CompositeReward([FromMetric("strikes_early")], reference=ReferenceSet([]), crystal_timeout=30.0)
+    out = reward([rock_salt(), slow_crystal(), rock_salt(5.0, "K", "Br")])
+    assert out["raw", "strikes_early"].tolist() == [8.0, -1.0, 8.0] and ran == [0, 1, 2]
+    assert reward.last_info["problems"][1] == "strikes_early: timeout" and safety._CLOCK.frames == []
