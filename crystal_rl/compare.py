@@ -2,19 +2,24 @@
 
 Reads the ``per_crystal.csv`` that ``crystal-rl-evaluate`` (or ``crystal-rl-reproduce``) wrote for
 each model and reports, per metric, both values and their difference (second minus first) with a
-95 % percentile-bootstrap confidence interval over crystals, the two sets resampled independently.
-Shares (valid, unique, metastable, M.S.U.N., ...) are over all evaluated crystals, as in
-``summary.json``; mean E_hull is over the crystals that have one (the valid ones), so it compares
-two different sets of crystals when the validity differs. A difference whose interval excludes 0
-is marked ``*``. With 500 samples a share of 1 % (5 crystals) cannot be told from 0.2 % (1): the
-intervals say which differences a sample of that size resolves. ``--out`` also writes the table as
-markdown and the numbers as JSON. In a checkout, ``python scripts/compare.py`` is the same program.
+95 % confidence interval: for shares (valid, unique, metastable, M.S.U.N., ...) Newcombe's score
+interval for a difference of two proportions, over all evaluated crystals as in ``summary.json``;
+for mean E_hull a percentile bootstrap over the crystals that have one (the valid ones — with
+different validity the two means are over different crystals). A difference whose interval excludes
+0 is marked ``*``. With 500 samples a share of 1 % (5 crystals) cannot be told from 0.2 % (1): the
+intervals say which differences a sample of that size resolves. What they do not cover: the spread
+between training seeds (each evaluation is one trained model; compare seeds for that), the
+set-level nature of uniqueness (a crystal's "unique" depends on the others; it is treated as a
+per-crystal yes/no), and the number of metrics compared (no multiplicity correction: among 15
+unrelated metrics one false ``*`` in 20 is expected). ``--out`` also writes the table as markdown
+and the numbers as JSON. In a checkout, ``python scripts/compare.py`` is the same program.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,13 @@ import numpy as np
 import pandas as pd
 
 from atomic_io import atomic_write_bytes
-from crystal_rl.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, bootstrap_difference_ci
+from crystal_rl.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CI_LEVEL,
+    bootstrap_difference_ci,
+    share_difference_ci,
+)
 
 PER_CRYSTAL = "per_crystal.csv"
 #: (label, per-crystal column, kind): "share" = mean of a yes/no column over all crystals (a missing
@@ -37,15 +48,18 @@ METRICS = (
     ("metastable (E_hull ≤ 0.1), unrelaxed", "metastable", "share"),
     ("stable (E_hull ≤ 0), unrelaxed", "stable", "share"),
     ("M.S.U.N., unrelaxed", "msun", "share"),
+    ("S.U.N., unrelaxed", "sun", "share"),
     ("mean E_hull, relaxed (eV/atom)", "e_above_hull_relaxed", "mean"),
     ("metastable, relaxed", "metastable_relaxed", "share"),
     ("stable, relaxed", "stable_relaxed", "share"),
     ("M.S.U.N., relaxed", "msun_relaxed", "share"),
+    ("S.U.N., relaxed", "sun_relaxed", "share"),
 )
 CONVENTION = (
-    f"{int(CI_LEVEL * 100)} % percentile bootstrap CI over crystals in brackets (the two sample sets resampled "
-    f"independently, {BOOTSTRAP_RESAMPLES} resamples, RNG seed {BOOTSTRAP_SEED}); * = the interval excludes 0; "
-    "shares in percentage points, over all crystals; mean E_hull over the crystals that have one (the valid ones)"
+    f"{int(CI_LEVEL * 100)} % confidence interval in brackets: shares (in percentage points, over all crystals) "
+    "by Newcombe's score interval for a difference of proportions, mean E_hull (over the crystals that have one, "
+    f"the valid ones) by a percentile bootstrap over crystals ({BOOTSTRAP_RESAMPLES} resamples of each set, RNG "
+    f"seed {BOOTSTRAP_SEED}); * = the interval excludes 0; the spread between training seeds is not included"
 )
 
 
@@ -54,7 +68,10 @@ def read_per_crystal(folder: Path) -> pd.DataFrame:
     path = folder / PER_CRYSTAL if folder.is_dir() else folder
     if not path.is_file():
         raise FileNotFoundError(f"no {PER_CRYSTAL} at {path}: pass a folder written by crystal-rl-evaluate")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty: pass a per_crystal.csv written by crystal-rl-evaluate") from None
 
 
 def _values(frame: pd.DataFrame, column: str, kind: str) -> np.ndarray:
@@ -66,8 +83,8 @@ def _values(frame: pd.DataFrame, column: str, kind: str) -> np.ndarray:
 
 def compare_evaluations(first: Path, second: Path) -> dict[str, dict[str, Any]]:
     """Per metric (keyed by its per-crystal column): both values, their counts, and the difference
-    (second - first) with its bootstrap interval. Metrics missing from either CSV (an unrelaxed-only
-    evaluation has no relaxed columns) are left out."""
+    (second - first) with its interval. Metrics missing from either CSV (an unrelaxed-only evaluation
+    has no relaxed columns) are left out: :func:`one_sided_metrics` names them."""
     a, b = read_per_crystal(first), read_per_crystal(second)
     out: dict[str, dict[str, Any]] = {}
     for label, column, kind in METRICS:
@@ -75,7 +92,10 @@ def compare_evaluations(first: Path, second: Path) -> dict[str, dict[str, Any]]:
             continue
         x, y = _values(a, column, kind), _values(b, column, kind)
         x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-        diff, low, high = bootstrap_difference_ci(x, y, seed=BOOTSTRAP_SEED)
+        if kind == "share":
+            diff, low, high = share_difference_ci(int(x.sum()), len(x), int(y.sum()), len(y))
+        else:
+            diff, low, high = bootstrap_difference_ci(x, y, seed=BOOTSTRAP_SEED)
         out[column] = {
             "label": label,
             "kind": kind,
@@ -89,6 +109,12 @@ def compare_evaluations(first: Path, second: Path) -> dict[str, dict[str, Any]]:
             "resolved": bool(low > 0 or high < 0),
         }
     return out
+
+
+def one_sided_metrics(first: Path, second: Path) -> list[str]:
+    """Metric columns present in only one of the two evaluations (left out of the comparison)."""
+    a, b = set(read_per_crystal(first).columns), set(read_per_crystal(second).columns)
+    return [column for _, column, _ in METRICS if (column in a) != (column in b)]
 
 
 def _cell(value: float | None, kind: str) -> str:
@@ -137,8 +163,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --names takes two comma-separated names, got {args.names!r}")
     try:
         rows = compare_evaluations(args.first, args.second)
-    except FileNotFoundError as exc:
+        one_sided = one_sided_metrics(args.first, args.second)
+    except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    if not rows:
+        raise SystemExit(
+            f"error: no metric columns in common ({[c for _, c, _ in METRICS]}): are both per_crystal.csv files "
+            "written by crystal-rl-evaluate?"
+        )
+    if one_sided:
+        print(f"note: in only one evaluation, left out: {one_sided}", file=sys.stderr)
     text = render_markdown(rows, *names)
     print(text)
     if args.out is not None:

@@ -9,12 +9,13 @@ Then the agent benchmark suite (``crystal-rl-benchmark --suite default``: every 
 seed, see that command). It writes to ``--out``:
 
 * ``results.json``: every number (training curves, evaluations, the fine-tuned − base differences
-  with bootstrap confidence intervals over crystals as ``crystal-rl-compare`` computes them, the
+  with 95 % confidence intervals over crystals as ``crystal-rl-compare`` computes them, the
   leaderboard) with the commit, the command, the machine and each stage's wall time, assembled from
   ``<name>/experiment.json``, the per-crystal CSVs and ``suite/suite.json``: running a subset (even
   concurrently, in separate processes) replaces only its own parts;
-* ``results.md``: the README's tables, rendered from ``results.json`` (``--render`` re-renders them,
-  and recomputes the differences from the CSVs, without running anything);
+* ``results.md``: the README's tables, rendered from ``results.json`` (``--render`` re-renders them
+  without running anything; it recomputes the differences from the CSVs and writes them back into
+  ``results.json``);
 * per experiment ``<name>/training_curves.png``, ``<name>/eval_base/`` and ``<name>/eval_grpo/``
   (summary, per-crystal CSV, plots), and ``suite/`` (the suite's leaderboard and budget curves; its
   runs, with their per-run ``result.json``, stay under ``--work``).
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from atomic_io import atomic_write_bytes
 from crystal_rl.common import git_commit, machine_info, non_negative_int, positive_int, quiet_third_party
 from crystal_rl.compare import CONVENTION, compare_evaluations, difference_cell
 
@@ -312,7 +314,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
     for name in names:
         result = run_experiment(name, args, sizes, out, work)
         result["meta"].update(command=command, commit=commit, machine=machine_info(), tiny=args.tiny)
-        (out / name / "experiment.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        atomic_write_bytes(out / name / "experiment.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
 
     if not args.skip_benchmark:
         suite_argv = [
@@ -342,7 +344,7 @@ def _suite_part(folder: Path) -> dict[str, Any]:
 
 
 def add_differences(experiments: dict[str, Any], out: Path) -> None:
-    """Each experiment's fine-tuned − base differences with bootstrap CIs, from the per-crystal CSVs
+    """Each experiment's fine-tuned − base differences with 95 % CIs, from the per-crystal CSVs
     under ``out`` (experiments whose CSVs are not there keep what they have)."""
     for name, exp in experiments.items():
         base, tuned = out / name / "eval_base", out / name / "eval_grpo"
@@ -385,8 +387,8 @@ def main(argv: list[str] | None = None) -> None:
         with quiet_third_party():
             run(args, argv)
         results = assemble(out, argv)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / "results.md").write_text(render(results))
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(out / "results.md", render(results).encode())
     print(render(results))
     print(f"written to {out}")
 

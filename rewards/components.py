@@ -63,11 +63,11 @@ class Energy(RewardComponent):
         mlip: str = "chgnet",
         max_e_hull: float = 1.0,
         model: str | None = None,
-        min_e_hull: float = 0.0,
         relax_steps: int = 0,
         fmax: float = 0.1,
         batch_size: int = 16,
         device: str | None = None,
+        min_e_hull: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)

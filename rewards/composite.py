@@ -14,7 +14,7 @@ from tensordict import TensorDict
 
 from rewards import parallel
 from rewards.base import RewardComponent, normalize
-from rewards.metrics import RewardBatch
+from rewards.metrics import UNRELAXED, RewardBatch
 from rewards.reference import ReferenceSet, load_reference
 from rewards.safety import DEFAULT_CRYSTAL_TIMEOUT
 
@@ -142,6 +142,7 @@ class CompositeReward:
             reasons = batch.failed_in([c.failure_label])
             for i in failed[c.name].nonzero().flatten().tolist():
                 problems[i] = problems[i] or reasons.get(i, f"{c.name}: no finite value")
+        notes = {i: note for i, note in batch.notes.items() if problems[i] is None}  # worst values say why
         self.last_info = {
             **info,
             "num_invalid": int((~batch.valid).sum()),
@@ -152,8 +153,8 @@ class CompositeReward:
                 label: dict(Counter(": ".join(r.split(": ")[:2]) for r in f.values()))
                 for label, f in batch.failures.items()
             },
-            "num_unrelaxed": sum("relaxation failed" in n for n in batch.notes.values()),
-            "notes": dict(batch.notes),
+            "num_unrelaxed": sum(kind == UNRELAXED for kind, _ in notes.values()),
+            "notes": {i: text for i, (_, text) in notes.items()},
             "num_timeouts": len({i for f in batch.failures.values() for i, r in f.items() if r == "timeout"}),
             "metric_seconds": dict(batch.timings),
             "seconds": time.perf_counter() - start,

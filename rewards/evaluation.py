@@ -73,7 +73,8 @@ def evaluate_structures(
     means, the mean and median E_hull of the crystals that have one, and structure/composition
     diversity as 1/(1 + Fréchet distance) between the VAE features of the valid generated crystals
     and of the reference. A crystal a metric cannot handle (an error, or more than ``crystal_timeout``
-    seconds) counts as not unique / not novel / without E_hull, with the reason in ``problem``.
+    seconds) counts as not unique / not novel / without E_hull, with the reason in ``problem``; a
+    crystal the MLIP could not relax keeps its unrelaxed energy as the relaxed one, said in ``problem``.
     ``progress`` shows a bar over these stages. The MLIP and the VAE run on ``device``; the CPU-bound
     metric work in ``num_workers`` processes (None: every available core, 0: serial).
     """
@@ -125,7 +126,7 @@ def evaluate_structures(
         summary[f"median_e_above_hull{suffix}"] = float(np.nanmedian(e_hull)) if finite.any() else float("nan")
     for i, reason in batch.failed_in(list(batch.failures)).items():  # every metric that failed on a crystal
         columns["problem"][i] = columns["problem"][i] or reason
-    for i, text in batch.notes.items():  # values kept but computed otherwise (an unrelaxed "relaxed" energy)
+    for i, (_, text) in batch.notes.items():  # values kept but computed otherwise (an unrelaxed "relaxed" energy)
         columns["problem"][i] = columns["problem"][i] or text
     frame = pd.DataFrame(columns)
     for col in frame.columns:

@@ -36,6 +36,10 @@ def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
     return wrap
 
 
+#: RewardBatch.note kind: a relaxed-energy metric used the unrelaxed crystal (its relaxation failed)
+UNRELAXED = "unrelaxed"
+
+
 class RewardBatch:
     """The crystals of one reward call, their validity, the reference, and the metric cache.
 
@@ -66,7 +70,7 @@ class RewardBatch:
         self.timings: dict[str, float] = {}
         self.crystal_timeout = crystal_timeout
         self.failures: dict[str, dict[int, str]] = {}
-        self.notes: dict[int, str] = {}  # index -> what was done differently for it (not a failure)
+        self.notes: dict[int, tuple[str, str]] = {}  # index -> (kind, text): computed otherwise, not failed
         self.origin = list(range(len(self.structures)))  # index of each crystal in the reward call
         self._deps: dict[str, set[str]] = {}
         self._computing: list[str] = []
@@ -139,10 +143,11 @@ class RewardBatch:
         if ours:
             self.failures.setdefault(label, {}).update(ours)
 
-    def note(self, index: int, text: str) -> None:
-        """Record that a value of crystal ``index`` was computed differently from the convention (e.g.
-        a relaxed energy of the unrelaxed crystal): kept, but said, in ``last_info`` and evaluations."""
-        self.notes.setdefault(index, text)
+    def note(self, index: int, kind: str, text: str) -> None:
+        """Record that a value of crystal ``index`` was computed differently from the convention (kind
+        :data:`UNRELAXED`: a relaxed energy of the unrelaxed crystal): kept, but said, in ``last_info``
+        and evaluations."""
+        self.notes.setdefault(index, (kind, text))
 
     def failed_in(self, labels: Sequence[str]) -> dict[int, str]:
         """Crystals that failed in any of ``labels`` or the metrics they used (index → reason)."""
@@ -262,7 +267,7 @@ def _mlip_energy(
         relaxed = backend.relax(structures, relax_steps, fmax, batch_size)
         for i, before, after in zip(idx, structures, relaxed, strict=True):
             if after is before:  # relax() returns a crystal it could not relax as it was
-                batch.note(i, f"{mlip} relaxation failed: energy of the unrelaxed crystal")
+                batch.note(i, UNRELAXED, f"{mlip} relaxation failed: energy of the unrelaxed crystal")
         structures = relaxed
     out[idx] = backend.energies(structures, batch_size)
     for i in idx:

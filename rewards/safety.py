@@ -226,7 +226,11 @@ class _Budget(AbstractContextManager):
     def __enter__(self) -> _Budget:
         self.start = time.monotonic()
         if self.seconds is not None and _CLOCK.usable():
-            _CLOCK.push(self)
+            try:
+                _CLOCK.push(self)
+            except BaseException:  # e.g. KeyboardInterrupt as the push ends: __exit__ will not run
+                self.close()  # (nothing to do if it was this budget's own alarm: _fire removed it)
+                raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -286,13 +290,17 @@ class _CrystalScope(AbstractContextManager):
         try:
             self.budget.__enter__()
         except CrystalTimeout as struck:  # after the push, before the block: _fire removed the frame
+            _progress_exit(self.progress)  # the enclosing computation's record back (a worker's supervisor)
+            self.progress = None
             if not self.budget.owns(struck):
-                _progress_exit(self.progress)
                 raise
             # this crystal's own alarm (the process stalled for its whole budget): a with-statement
             # cannot skip its block, so the block runs under the enclosing budgets only and the
             # crystal fails with "timeout" when it ends, as if the alarm had struck inside it
             self.early = struck
+        except BaseException:  # e.g. KeyboardInterrupt before the block (the budget closed itself)
+            _progress_exit(self.progress)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

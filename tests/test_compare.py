@@ -9,7 +9,7 @@ import pytest
 
 from crystal_rl import compare
 from crystal_rl.compare import compare_evaluations
-from crystal_rl.stats import bootstrap_ci, bootstrap_difference_ci
+from crystal_rl.stats import bootstrap_ci, bootstrap_difference_ci, share_difference_ci, wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +39,24 @@ def test_bootstrap_difference_ci_known_answers():
     assert diff == pytest.approx(-0.008) and low < -0.008 < high and high >= 0.0
     assert bootstrap_difference_ci([1.0, None, float("nan")], [2.0]) == (1.0, 1.0, 1.0)
     assert all(math.isnan(x) for x in bootstrap_difference_ci([], [1.0]))
+
+
+def test_share_difference_ci_matches_newcombes_worked_examples():
+    """Newcombe (1998, Stat. Med. 17: 873), method 10: his examples (a) and (h)."""
+    for (a, n_a, b, n_b), (low, high) in {
+        (48, 80, 56, 70): (0.0524, 0.3339),
+        (0, 29, 5, 56): (-0.0381, 0.1926),
+    }.items():
+        diff, lo, hi = share_difference_ci(a, n_a, b, n_b)
+        assert diff == pytest.approx(b / n_b - a / n_a) and (lo, hi) == (
+            pytest.approx(low, abs=1e-4),
+            pytest.approx(high, abs=1e-4),
+        )
+    low, high = wilson_interval(0, 500)
+    assert low == pytest.approx(0.0, abs=1e-12) and 0.007 < high < 0.008  # no hits is not "exactly 0"
+    # 0 vs 4 of 500: Fisher's exact p = 0.12 -- not resolved (the bootstrap would say it is)
+    assert share_difference_ci(0, 500, 4, 500)[1] < 0 < bootstrap_difference_ci([0.0] * 500, [1.0] * 4 + [0.0] * 496)[1]
+    assert all(math.isnan(x) for x in share_difference_ci(0, 0, 1, 2))
 
 
 def _per_crystal(path: Path, n: int, valid: int, metastable: int, energies: list[float]) -> Path:
@@ -99,3 +117,9 @@ def test_compare_cli_writes_markdown_and_json(tmp_path, capsys):
         compare.main([str(base), str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="two comma-separated names"):
         compare.main([str(base), str(tuned), "--names", "only-one"])
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(SystemExit, match="empty.csv is empty"):
+        compare.main([str(base), str(tmp_path / "empty.csv")])
+    pd.DataFrame({"index": [0], "formula": ["NaCl"]}).to_csv(tmp_path / "samples.csv", index=False)  # not an evaluation
+    with pytest.raises(SystemExit, match="no metric columns in common"):
+        compare.main([str(tmp_path / "samples.csv"), str(tmp_path / "samples.csv")])

@@ -419,7 +419,8 @@ def test_an_alarm_delivered_before_the_scope_body_fails_only_that_crystal(monkey
     """The mirror race: a crystal's SIGALRM strikes after its deadline was pushed but before its block
     began (here: raised at the end of the push, as an alarm would after a stall of the whole budget).
     Before, the timeout escaped the crystal's scope and failed the whole metric; now only that crystal
-    fails, its block still runs (under the enclosing budgets), and no deadline is left behind."""
+    fails, its block still runs (under the enclosing budgets and progress record), and no deadline is
+    left behind."""
     import rewards.safety as safety
 
     original = safety._CLOCK.push
@@ -437,13 +438,43 @@ def test_an_alarm_delivered_before_the_scope_body_fails_only_that_crystal(monkey
         for i, s in enumerate(batch.valid_structures):
             strike["next"] = SLOW in s.composition
             with crystal_scope(i):
-                ran.append(i)
+                ran.append((i, safety.PROGRESS[0]))  # the crystal a worker's supervisor would see
                 out[i] = len(s)
         return out
 
+    monkeypatch.setattr(safety, "PROGRESS", [-2.0, time.monotonic(), 0.0])
     monkeypatch.setattr(safety._CLOCK, "push", striking_push)
     monkeypatch.setitem(METRICS, "strikes_early", strikes_early)
     reward = CompositeReward([FromMetric("strikes_early")], reference=ReferenceSet([]), crystal_timeout=30.0)
     out = reward([rock_salt(), slow_crystal(), rock_salt(5.0, "K", "Br")])
-    assert out["raw", "strikes_early"].tolist() == [8.0, -1.0, 8.0] and ran == [0, 1, 2]
+    assert out["raw", "strikes_early"].tolist() == [8.0, -1.0, 8.0]
+    assert [i for i, _ in ran] == [0, 1, 2] and ran[0][1] == 0.0 and ran[2][1] == 2.0
+    assert ran[1][1] != 1.0  # the struck crystal's block runs under the enclosing record, not its own
     assert reward.last_info["problems"][1] == "strikes_early: timeout" and safety._CLOCK.frames == []
+
+
+@pytest.mark.parametrize("which", [1, 2], ids=["metric budget", "crystal budget"])
+def test_an_interrupt_before_a_budgeted_block_leaves_no_deadline(monkeypatch, which):
+    """A KeyboardInterrupt after a deadline was pushed but before its block began skips the block's
+    __exit__; the deadline must not stay on the clock (it would fire into unrelated code later)."""
+    import rewards.safety as safety
+
+    original = safety._CLOCK.push
+    pushes = []
+
+    def interrupted_push(budget):
+        original(budget)
+        pushes.append(budget)
+        if len(pushes) == which:
+            raise KeyboardInterrupt
+
+    def interrupted(batch):
+        with crystal_scope(0):
+            return np.zeros(len(batch))
+
+    monkeypatch.setattr(safety._CLOCK, "push", interrupted_push)
+    monkeypatch.setitem(METRICS, "interrupted", interrupted)
+    reward = CompositeReward([FromMetric("interrupted")], reference=ReferenceSet([]), crystal_timeout=30.0)
+    with pytest.raises(KeyboardInterrupt):
+        reward([rock_salt()])
+    assert len(pushes) == which and safety._CLOCK.frames == []

@@ -200,6 +200,7 @@ def test_a_failed_relaxation_is_scored_unrelaxed_and_said(monkeypatch, caplog):
     for s in crystals:
         s.scale_lattice(s.volume * 1.1)
     broken = crystals[1].composition.reduced_formula
+    crystals.insert(0, None)  # an undecodable crystal first: notes use batch indices, not valid-crystal ones
     forces = CHGNetBackend._batch_efs
 
     def failing(self, structures, batch_size):
@@ -214,9 +215,9 @@ def test_a_failed_relaxation_is_scored_unrelaxed_and_said(monkeypatch, caplog):
         frame, _ = evaluate_structures(crystals, reference=reference, relax_steps=3)
         reward = CompositeReward([Energy(relax_steps=3, normalize_fn=None)], reference=reference)
         reward(crystals)
-    assert frame["problem"].tolist() == ["", "chgnet relaxation failed: energy of the unrelaxed crystal", ""]
-    assert frame["e_above_hull_relaxed"][1] == pytest.approx(frame["e_above_hull"][1])  # kept: unrelaxed
-    assert (frame["e_above_hull_relaxed"][[0, 2]] < frame["e_above_hull"][[0, 2]]).all()  # the others relaxed
-    assert reward.last_info["num_unrelaxed"] == 1 and list(reward.last_info["notes"]) == [1]
+    assert frame["problem"].tolist()[1:] == ["", "chgnet relaxation failed: energy of the unrelaxed crystal", ""]
+    assert frame["e_above_hull_relaxed"][2] == pytest.approx(frame["e_above_hull"][2])  # kept: unrelaxed
+    assert (frame["e_above_hull_relaxed"][[1, 3]] < frame["e_above_hull"][[1, 3]]).all()  # the others relaxed
+    assert reward.last_info["num_unrelaxed"] == 1 and list(reward.last_info["notes"]) == [2]
     failed = [r for r in caplog.records if "relaxation failed for 1 of 3" in r.getMessage()]
     assert [r.levelname for r in failed] == ["WARNING", "DEBUG"]

@@ -48,7 +48,7 @@ def test_reproduce_tiny_writes_results_tables_and_plots(tmp_path, capsys):
     assert "Top compositions (grpo" in table and "| GRPO − base [95 % CI] |" in table
     assert table in capsys.readouterr().out  # printed too
     (out / "results.md").unlink()
-    reproduce.main(["--render", "--out", str(out)])  # the tables come from results.json alone
+    reproduce.main(["--render", "--out", str(out)])  # results.json and the per-crystal CSVs, nothing run
     assert (out / "results.md").read_text() == table
 
 
