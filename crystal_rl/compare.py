@@ -85,7 +85,11 @@ def compare_evaluations(first: Path, second: Path) -> dict[str, dict[str, Any]]:
     """Per metric (keyed by its per-crystal column): both values, their counts, and the difference
     (second - first) with its interval. Metrics missing from either CSV (an unrelaxed-only evaluation
     has no relaxed columns) are left out: :func:`one_sided_metrics` names them."""
-    a, b = read_per_crystal(first), read_per_crystal(second)
+    return compare_frames(read_per_crystal(first), read_per_crystal(second))
+
+
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """:func:`compare_evaluations` on two per-crystal tables already read."""
     out: dict[str, dict[str, Any]] = {}
     for label, column, kind in METRICS:
         if column not in a.columns or column not in b.columns:
@@ -111,10 +115,9 @@ def compare_evaluations(first: Path, second: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def one_sided_metrics(first: Path, second: Path) -> list[str]:
-    """Metric columns present in only one of the two evaluations (left out of the comparison)."""
-    a, b = set(read_per_crystal(first).columns), set(read_per_crystal(second).columns)
-    return [column for _, column, _ in METRICS if (column in a) != (column in b)]
+def one_sided_metrics(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """Metric columns present in only one of two per-crystal tables (left out of the comparison)."""
+    return [column for _, column, _ in METRICS if (column in a.columns) != (column in b.columns)]
 
 
 def _cell(value: float | None, kind: str) -> str:
@@ -162,10 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     if len(names) != 2 or not all(names):
         raise SystemExit(f"error: --names takes two comma-separated names, got {args.names!r}")
     try:
-        rows = compare_evaluations(args.first, args.second)
-        one_sided = one_sided_metrics(args.first, args.second)
+        a, b = read_per_crystal(args.first), read_per_crystal(args.second)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    rows, one_sided = compare_frames(a, b), one_sided_metrics(a, b)
     if not rows:
         raise SystemExit(
             f"error: no metric columns in common ({[c for _, c, _ in METRICS]}): are both per_crystal.csv files "

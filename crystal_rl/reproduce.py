@@ -388,8 +388,9 @@ def main(argv: list[str] | None = None) -> None:
             run(args, argv)
         results = assemble(out, argv)
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=str) + "\n").encode())
-    atomic_write_bytes(out / "results.md", render(results).encode())
-    print(render(results))
+    tables = render(results)
+    atomic_write_bytes(out / "results.md", tables.encode())
+    print(tables)
     print(f"written to {out}")
 
 

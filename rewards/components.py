@@ -92,9 +92,8 @@ class Energy(RewardComponent):
 
     def compute(self, batch: RewardBatch) -> torch.Tensor:
         e_hull = torch.as_tensor(batch.metric("e_above_hull", **self.mlip_params), dtype=torch.float32)
-        return -e_hull.clamp(
-            self.min_e_hull, self.max_e_hull
-        )  # NaN (no energy / no hull) stays NaN and becomes `worst`
+        # NaN (no energy / no hull) stays NaN and becomes `worst`
+        return -e_hull.clamp(self.min_e_hull, self.max_e_hull)
 
 
 class _Diversity(RewardComponent):
