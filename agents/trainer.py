@@ -57,10 +57,16 @@ def _is_main() -> bool:
 
 def _final_means(batch: TensorDictBase, prefix: str) -> dict[str, float]:
     """Mean terminal reward, and the mean of each reward component of a [B, K] batch: raw metric as
-    ``<prefix>/<name>`` (NaNs ignored), contribution to the reward as ``<prefix>/weighted/<name>``."""
+    ``<prefix>/<name>`` (NaNs ignored), contribution to the reward as ``<prefix>/weighted/<name>``,
+    and, where the env reports them (``reward_failed``), the share of crystals the component could
+    not score as ``<prefix>/failed/<name>``."""
     final = batch[:, -1]["next"]
     out = {f"{prefix}/reward": float(terminal_rewards(batch).mean())}
-    for group, fmt in (("reward_raw", "{}/{}"), ("reward_components", "{}/weighted/{}")):
+    for group, fmt in (
+        ("reward_raw", "{}/{}"),
+        ("reward_components", "{}/weighted/{}"),
+        ("reward_failed", "{}/failed/{}"),
+    ):
         if group in final.keys():
             for name, value in final[group].items():
                 out[fmt.format(prefix, name)] = float(value.float().nanmean())

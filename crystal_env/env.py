@@ -22,7 +22,9 @@ class CrystalDiffusionEnv(EnvBase):
     ``failed`` (B, 1) crystals whose trajectory was corrupted by a non-finite action.
     Action: ``action`` = the next latent (B, N, L). Reward: 0 until the K-th step, then the reward
     callable's total; per-component values under ``("reward_components", name)`` (contribution to
-    the total) and ``("reward_raw", name)`` (the raw metric, NaN where it failed), and the decoded
+    the total), ``("reward_raw", name)`` (the raw metric; a crystal the component could not score
+    has its worst value) and ``("reward_failed", name)`` (True for those crystals: invalid ones and
+    e.g. MLIP failures or timeouts), and the decoded
     crystals as pymatgen ``Structure`` objects under ``"crystals"`` (None when undecodable or
     before the end; ``structure.to(fmt="cif")`` gives the CIF).
 
@@ -87,6 +89,9 @@ class CrystalDiffusionEnv(EnvBase):
             failed=Categorical(2, (B, 1), dtype=torch.bool),
             reward_components=Composite({k: Unbounded((B, 1)) for k in self.component_names}, shape=(B,)),
             reward_raw=Composite({k: Unbounded((B, 1)) for k in self.component_names}, shape=(B,)),
+            reward_failed=Composite(
+                {k: Categorical(2, (B, 1), dtype=torch.bool) for k in self.component_names}, shape=(B,)
+            ),
             crystals=NonTensor(shape=(B,)),
             shape=(B,),
         )
@@ -114,6 +119,7 @@ class CrystalDiffusionEnv(EnvBase):
         failed: torch.Tensor,
         components: dict[str, torch.Tensor] | None = None,
         raw: dict[str, torch.Tensor] | None = None,
+        component_failed: dict[str, torch.Tensor] | None = None,
         crystals: list[Structure | None] | None = None,
     ) -> TensorDict:
         B = z.shape[0]
@@ -121,6 +127,8 @@ class CrystalDiffusionEnv(EnvBase):
         t = torch.where(step < self.num_steps, timesteps[step.clamp_max(self.num_steps - 1)], -1)
         comps = components or {k: torch.zeros(B, device=self.device) for k in self.component_names}
         raw = raw or {k: torch.zeros(B, device=self.device) for k in self.component_names}
+        no_failure = torch.zeros(B, dtype=torch.bool, device=self.device)
+        component_failed = component_failed or {k: no_failure for k in self.component_names}
         return TensorDict(
             {
                 "latent": z,
@@ -132,6 +140,7 @@ class CrystalDiffusionEnv(EnvBase):
                 "failed": failed,
                 "reward_components": TensorDict({k: v.reshape(B, 1) for k, v in comps.items()}, [B]),
                 "reward_raw": TensorDict({k: v.reshape(B, 1) for k, v in raw.items()}, [B]),
+                "reward_failed": TensorDict({k: v.reshape(B, 1) for k, v in component_failed.items()}, [B]),
                 # one shared None before the end (cheap to copy), one structure per crystal at the end
                 "crystals": NonTensorStack(*crystals) if crystals else NonTensorData(None, batch_size=[B]),
             },
@@ -184,10 +193,12 @@ class CrystalDiffusionEnv(EnvBase):
         done = step >= self.num_steps
         B = z.shape[0]
         reward = torch.zeros(B, 1, device=self.device)
-        components, raw, crystals = None, None, None
+        components, raw, component_failed, crystals = None, None, None, None
         if bool(done.all()):
-            reward, components, raw, crystals = self._score(z_next, mask, failed.squeeze(-1))
-        out = self._observation(z_next, mask, step, tensordict["group_id"], failed, components, raw, crystals)
+            reward, components, raw, component_failed, crystals = self._score(z_next, mask, failed.squeeze(-1))
+        out = self._observation(
+            z_next, mask, step, tensordict["group_id"], failed, components, raw, component_failed, crystals
+        )
         out.set("reward", reward)
         out.set("done", done.clone())
         out.set("terminated", done.clone())
@@ -196,11 +207,10 @@ class CrystalDiffusionEnv(EnvBase):
 
     def _score(
         self, z0: torch.Tensor, mask: torch.Tensor, failed: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], list[Structure | None]]:
+    ) -> tuple[torch.Tensor, dict, dict, dict, list[Structure | None]]:
+        """The (B, 1) reward, per component its weighted and raw values and failure mask, the crystals."""
         structures = self.model.decode_structures(z0, mask)
         structures = [None if bad else s for s, bad in zip(structures, failed.tolist(), strict=True)]
-        total, comps, raw = evaluate_reward(self.reward_fn, structures)
-        dev = self.device
-        comps = {k: v.to(dev) for k, v in comps.items()}
-        raw = {k: v.to(dev) for k, v in raw.items()}
-        return total.reshape(-1, 1).to(dev), comps, raw, structures
+        total, *per_component = evaluate_reward(self.reward_fn, structures)
+        comps, raw, component_failed = ({k: v.to(self.device) for k, v in d.items()} for d in per_component)
+        return total.reshape(-1, 1).to(self.device), comps, raw, component_failed, structures

@@ -131,9 +131,12 @@ def training_table(history: list[dict[str, float]], every: int) -> dict[str, Any
     the value at each step (KL at step 0: that of step 1, as no update precedes it)."""
     steps = [h["step"] for h in history if "val/reward" in h]
     by_step = {h["step"]: h for h in history}
-    keys = ["val/reward"] + sorted(
-        {k for h in history for k in h if k.startswith("val/") and k != "val/reward" and "/weighted/" not in k}
-    )
+    not_rows = ("/weighted/", "/failed/")  # the components' contributions and failure shares
+
+    def is_row(key: str) -> bool:
+        return key.startswith("val/") and key != "val/reward" and not any(n in key for n in not_rows)
+
+    keys = ["val/reward"] + sorted({k for h in history for k in h if is_row(k)})
     rows = {key: [by_step.get(s, {}).get(key) for s in steps] for key in keys}
     rows["train/kl_div"] = [by_step.get(max(s, 1), {}).get("train/kl_div") for s in steps]
     return {"steps": steps, "rows": rows, "val_every": every}

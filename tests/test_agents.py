@@ -125,3 +125,33 @@ def test_readme_example_agent_plugs_in(batch_and_policy):
     assert any(not torch.equal(a, p) for a, p in zip(before, trainable(policy), strict=True))
     with pytest.raises(TypeError, match="Agent"):
         build_agent({"_target_": "torch.nn.Linear"}, policy, ref)
+
+
+def test_trainer_logs_reward_component_means_and_failure_shares():
+    """_final_means on a [B, K] batch: the terminal reward, each raw component, its contribution, and
+    the share of crystals each component could not score (from the env's ``reward_failed``)."""
+    from tensordict import TensorDict
+
+    from agents.trainer import _final_means
+
+    B, K = 4, 3
+    reward = torch.zeros(B, K, 1)
+    reward[:, -1, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    final = {
+        "reward": reward,
+        "reward_raw": TensorDict({"energy": torch.tensor([-0.5, -1.0, -3.0, -3.0]).expand(K, B).T[..., None]}, [B, K]),
+        "reward_components": TensorDict({"energy": torch.ones(B, K, 1)}, [B, K]),
+        "reward_failed": TensorDict(
+            {"energy": torch.tensor([False, False, True, True]).expand(K, B).T[..., None]}, [B, K]
+        ),
+        "done": torch.zeros(B, K, 1, dtype=torch.bool),
+    }
+    final["done"][:, -1] = True
+    batch = TensorDict({"next": TensorDict(final, [B, K])}, [B, K])
+    means = _final_means(batch, "train")
+    assert means == {
+        "train/reward": 2.5,
+        "train/energy": -1.875,
+        "train/weighted/energy": 1.0,
+        "train/failed/energy": 0.5,
+    }

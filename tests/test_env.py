@@ -58,6 +58,43 @@ def test_episode_shapes_groups_and_terminal_reward(tiny_model):
     torch.testing.assert_close(reward[:, -1], density_reward(structures) + n.float(), rtol=1e-4, atol=1e-4)
 
 
+class FailingReward:
+    """Density with a failure mask: crystal 2 of every batch "could not be scored" (worst value 0)."""
+
+    component_names = ["density"]
+
+    def __call__(self, structures):
+        d = density_reward(structures)
+        failed = torch.zeros(len(structures), dtype=torch.bool)
+        failed[2] = True
+        d[2] = 0.0
+        return {"total": d, "density": d, "raw": {"density": d}, "failed": {"density": failed}}
+
+
+class NaNReward(ComponentReward):
+    """A reward without a failure mask whose raw size is NaN for crystal 0."""
+
+    def __call__(self, structures):
+        out = super().__call__(structures)
+        out["raw"] = {"density": out["density"], "size": out["size"].clone()}
+        out["raw"]["size"][0] = float("nan")
+        return out
+
+
+def test_component_failures_are_reported(tiny_model):
+    """``reward_failed`` per component: the reward's own mask, else the non-finite raw values; all
+    False before the last step."""
+    policy = make_policy(tiny_model)
+    traj = make_tiny_env(tiny_model, FailingReward()).rollout(100, policy)
+    failed = traj["next", "reward_failed", "density"].squeeze(-1)
+    assert failed[:, -1].tolist() == [False, False, True, False]
+    assert not failed[:, :-1].any()
+    traj = make_tiny_env(tiny_model, NaNReward()).rollout(100, policy)
+    final = traj["next", "reward_failed"][:, -1]
+    assert final["size"].squeeze(-1).tolist() == [True, False, False, False]
+    assert not final["density"].any()
+
+
 def test_seed_reproduces_trajectories(tiny_model):
     env = make_tiny_env(tiny_model)
     policy = make_policy(tiny_model)
