@@ -18,7 +18,8 @@ class CrystalGymEnv(gym.Env):
     """One crystal denoised step by step; observation ``{latent, mask, step_index}``, action = next latent.
 
     The reward is 0 until the last step, then the reward callable's score of the decoded crystal;
-    ``info["crystal"]`` holds the pymatgen ``Structure`` (None if undecodable).
+    ``info["crystal"]`` holds the pymatgen ``Structure`` (None if undecodable), ``info["reward_components"]``
+    each component's contribution and ``info["reward_failed"]`` the components that could not score it.
     """
 
     metadata = {"render_modes": []}
@@ -66,6 +67,7 @@ class CrystalGymEnv(gym.Env):
         if terminated:
             info["crystal"] = nxt["crystals"][0]
             info["reward_components"] = {k: float(v) for k, v in nxt["reward_components"].items()}
+            info["reward_failed"] = [k for k, v in nxt["reward_failed"].items() if bool(v)]
         return self._obs(), float(nxt["reward"].item()), terminated, False, info
 
 

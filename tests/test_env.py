@@ -237,7 +237,12 @@ def test_make_env_and_gymnasium_on_the_bundled_model():
     while not done:
         obs, r, done, _, info = gym_env.step(gym_env.action_space.sample() * 0)
         total += r
-    assert "crystal" in info
+    assert "crystal" in info and info["reward_failed"] == []
+    failing = gym.make("CrystalEnv/LDM-MP20-v0", reward=NaNReward(), num_steps=2)
+    failing.reset(seed=0)
+    for _ in range(2):
+        *_, info = failing.step(failing.action_space.sample() * 0)
+    assert info["reward_failed"] == ["size"] and set(info["reward_components"]) == {"density", "size"}
     wrapped = GymWrapper(gym.make("CrystalEnv/LDM-MP20-v0", reward=density_reward, num_steps=3))
     roll = wrapped.rollout(10)
     assert roll.shape[0] == 3 and roll["next", "done"][-1].all()
