@@ -52,7 +52,8 @@ def agent_config(env: str, reward: str, agent: str, run_dir: Path, overrides: li
 @torch.no_grad()
 def kl_to_base(run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) -> float:
     """Monte-Carlo KL(π_θ ‖ π_base) per stochastic transition (mean over latent entries, like the
-    policy log-probs): E over π_θ's own trajectories of log π_θ(a) − log π_base(a)."""
+    policy log-probs): E over π_θ's own trajectories of log π_θ(a) − log π_base(a). ``seed`` fixes
+    the trajectories (z_T and the policy's noise), whatever ran before in the process."""
     from crystal_env import CrystalDiffusionEnv
 
     tuned = load_model(run_dir) if (run_dir / "model.pt").is_file() else load_model(base_name)
@@ -67,8 +68,8 @@ def kl_to_base(run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) ->
         num_steps=env_cfg["num_steps"],
         eta=env_cfg["eta"],
         sampler=env_cfg["sampler"],
-        seed=seed,
     )
+    env.set_seed(seed)  # also seeds torch's global RNG, which the policy's noise draws from
     base.configure_sampler(env_cfg["sampler"], env_cfg["num_steps"], env_cfg["eta"])
     traj = env.rollout(10**6, make_policy(tuned, **policy_cfg)).reshape(-1)
     ref = make_reference_policy(base, **policy_cfg)

@@ -6,8 +6,11 @@ import math
 
 import pandas as pd
 import pytest
+import torch
+import yaml
 
 from crystal_rl import benchmark
+from crystal_rl.benchmark import kl_to_base
 from crystal_rl.benchmark_suite import (
     best_within_budget,
     first_crossing,
@@ -257,3 +260,17 @@ def test_top_k_distinct_and_best_within_budget():
     assert first_crossing([1, 2], [0.0, None], [1.0, 0.0]) is None
     assert first_crossing([1, 2, 3], [2.0, 0.0, 5.0], [1.0, 1.0, 4.0]) == 3  # the lead at 1 is lost at 2
     assert first_crossing([1, 2], [2.0, 0.0], [1.0, 1.0]) is None
+
+
+def test_kl_to_base_does_not_depend_on_what_ran_before(suite_run):
+    """The suite's KL estimate is seeded (z_T and the policy's noise): the same value whatever state
+    earlier runs left torch's global RNG in (a suite's second run in a process got another KL)."""
+    folder, _ = suite_run
+    run_dir = folder / "out" / "ldm_mp20_atomic_density" / "grpo" / "seed1" / "run"
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    recorded = results(folder / "out")[("ldm_mp20/atomic_density", "grpo", 1)]["kl_to_base"]
+    values = []
+    for state in (3, 4):
+        torch.manual_seed(state)
+        values.append(kl_to_base(run_dir, "mp20_tiny", cfg, 4, 1))
+    assert values == [recorded, recorded] and recorded != 0.0
