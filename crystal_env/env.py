@@ -22,9 +22,10 @@ class CrystalDiffusionEnv(EnvBase):
     ``failed`` (B, 1) crystals whose trajectory was corrupted by a non-finite action.
     Action: ``action`` = the next latent (B, N, L). Reward: 0 until the K-th step, then the reward
     callable's total; per-component values under ``("reward_components", name)`` (contribution to
-    the total), ``("reward_raw", name)`` (the raw metric; a crystal the component could not score
-    has its worst value) and ``("reward_failed", name)`` (True for those crystals: invalid ones and
-    e.g. MLIP failures or timeouts), and the decoded
+    the total), ``("reward_raw", name)`` (the raw metric) and ``("reward_failed", name)`` (True for
+    the crystals the component could not score: the reward's ``failed`` mask, else non-finite raw
+    values; :class:`rewards.CompositeReward` marks invalid crystals, MLIP failures and timeouts and
+    gives them the component's worst value), and the decoded
     crystals as pymatgen ``Structure`` objects under ``"crystals"`` (None when undecodable or
     before the end; ``structure.to(fmt="cif")`` gives the CIF).
 
@@ -127,8 +128,9 @@ class CrystalDiffusionEnv(EnvBase):
         t = torch.where(step < self.num_steps, timesteps[step.clamp_max(self.num_steps - 1)], -1)
         comps = components or {k: torch.zeros(B, device=self.device) for k in self.component_names}
         raw = raw or {k: torch.zeros(B, device=self.device) for k in self.component_names}
-        no_failure = torch.zeros(B, dtype=torch.bool, device=self.device)
-        component_failed = component_failed or {k: no_failure for k in self.component_names}
+        component_failed = component_failed or {
+            k: torch.zeros(B, dtype=torch.bool, device=self.device) for k in self.component_names
+        }
         return TensorDict(
             {
                 "latent": z,

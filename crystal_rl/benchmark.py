@@ -56,26 +56,27 @@ def kl_to_base(run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) ->
     the trajectories (z_T and the policy's noise), whatever ran before in the process."""
     from crystal_env import CrystalDiffusionEnv
 
-    tuned = load_model(run_dir) if (run_dir / "model.pt").is_file() else load_model(base_name)
-    base = load_model(base_name)
-    env_cfg = cfg["env"]
-    policy_cfg = dict(cfg.get("policy", {}))
-    env = CrystalDiffusionEnv(
-        tuned,
-        lambda s: torch.zeros(len(s)),
-        batch_size=num,
-        group_size=1,
-        num_steps=env_cfg["num_steps"],
-        eta=env_cfg["eta"],
-        sampler=env_cfg["sampler"],
-    )
-    env.set_seed(seed)  # also seeds torch's global RNG, which the policy's noise draws from
-    base.configure_sampler(env_cfg["sampler"], env_cfg["num_steps"], env_cfg["eta"])
-    traj = env.rollout(10**6, make_policy(tuned, **policy_cfg)).reshape(-1)
-    ref = make_reference_policy(base, **policy_cfg)
-    active = traj["stochastic"].reshape(-1)
-    diff = traj["action_log_prob"] - ref.get_dist(traj).log_prob(traj["action"])
-    return float(diff[active].mean())
+    with torch.random.fork_rng():  # the caller's RNG state is left as it was
+        tuned = load_model(run_dir) if (run_dir / "model.pt").is_file() else load_model(base_name)
+        base = load_model(base_name)
+        env_cfg = cfg["env"]
+        policy_cfg = dict(cfg.get("policy", {}))
+        env = CrystalDiffusionEnv(
+            tuned,
+            lambda s: torch.zeros(len(s)),
+            batch_size=num,
+            group_size=1,
+            num_steps=env_cfg["num_steps"],
+            eta=env_cfg["eta"],
+            sampler=env_cfg["sampler"],
+        )
+        base.configure_sampler(env_cfg["sampler"], env_cfg["num_steps"], env_cfg["eta"])
+        env.set_seed(seed)  # also seeds torch's global RNG, which the policy's noise draws from
+        traj = env.rollout(10**6, make_policy(tuned, **policy_cfg)).reshape(-1)
+        ref = make_reference_policy(base, **policy_cfg)
+        active = traj["stochastic"].reshape(-1)
+        diff = traj["action_log_prob"] - ref.get_dist(traj).log_prob(traj["action"])
+        return float(diff[active].mean())
 
 
 def final_crystals(agent: str, run_dir: Path, base_name: str, cfg: dict, num: int, seed: int) -> list:

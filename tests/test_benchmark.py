@@ -264,7 +264,8 @@ def test_top_k_distinct_and_best_within_budget():
 
 def test_kl_to_base_does_not_depend_on_what_ran_before(suite_run):
     """The suite's KL estimate is seeded (z_T and the policy's noise): the same value whatever state
-    earlier runs left torch's global RNG in (a suite's second run in a process got another KL)."""
+    earlier runs left torch's global RNG in (a suite's second run in a process got another KL), and
+    that state is restored afterwards."""
     folder, _ = suite_run
     run_dir = folder / "out" / "ldm_mp20_atomic_density" / "grpo" / "seed1" / "run"
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -272,5 +273,8 @@ def test_kl_to_base_does_not_depend_on_what_ran_before(suite_run):
     values = []
     for state in (3, 4):
         torch.manual_seed(state)
-        values.append(kl_to_base(run_dir, "mp20_tiny", cfg, 4, 1))
+        expected = torch.rand(1)
+        torch.manual_seed(state)
+        values.append(kl_to_base(run_dir, cfg["env"]["model"], cfg, 4, 1))
+        assert torch.equal(torch.rand(1), expected)  # the caller's RNG state is left as it was
     assert values == [recorded, recorded] and recorded != 0.0

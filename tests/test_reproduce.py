@@ -59,3 +59,15 @@ def test_sampling_seed_fixes_the_crystals(tmp_path):
     other = sample_to_folder(out=tmp_path / "c", seed=6, **kwargs)[1]
     pd.testing.assert_frame_equal(first, again)
     assert not first["volume"].equals(other["volume"])
+
+
+def test_training_table_rows_are_the_raw_validation_metrics():
+    """Components' contributions (``/weighted/``) and failure shares (``/failed/``) are logged but are
+    not rows of the results table; KL at step 0 is step 1's."""
+    history = [
+        {"step": 0, "val/reward": 1.0, "val/energy": -1.0, "val/weighted/energy": -0.5, "val/failed/energy": 0.25},
+        {"step": 1, "train/kl_div": 0.01, "train/failed/energy": 0.5},
+    ]
+    table = reproduce.training_table(history, every=1)
+    assert table["steps"] == [0]
+    assert table["rows"] == {"val/reward": [1.0], "val/energy": [-1.0], "train/kl_div": [0.01]}
